@@ -1,0 +1,235 @@
+"""`python -m harness` (or `harness`): list cells, run them, render reports, merge shards, gate.
+
+Each subcommand is a small function from parsed arguments to an exit status: 0 all is well, 1 the
+gate failed, 2 the user's input was wrong (the message says what to fix; never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from harness.errors import HarnessError
+
+DEFAULT_MATRIX = "matrix.yaml"
+DEFAULT_OUT = "reports"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.command
+    try:
+        return command(args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are kept; rerun with --resume to run the rest.", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="print the cells of a matrix, one per line")
+    p.add_argument("matrix", nargs="?", default=DEFAULT_MATRIX, help="matrix file (default: ./matrix.yaml)")
+    p.add_argument("--json", action="store_true", help="a JSON array of cells instead of ids")
+    p.add_argument("--shard", metavar="I/N", help="only the I-th of N stable shares of the cells")
+    p.set_defaults(command=cmd_list)
+
+    p = sub.add_parser("run", help="run the cells (pytest + xdist), write results, reports and the gate verdict")
+    p.add_argument("matrix", nargs="?", default=DEFAULT_MATRIX, help="matrix file (default: ./matrix.yaml)")
+    p.add_argument("-n", "--workers", default="auto", help="pytest-xdist workers: a number, or auto (default)")
+    p.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: reports)")
+    p.add_argument("-k", dest="keyword", help="only cells whose id matches this pytest -k expression")
+    p.add_argument("--resume", action="store_true", help="keep the results file and run only cells without a record")
+    p.add_argument("--shard", metavar="I/N", help="run only the I-th of N stable shares of the cells")
+    p.add_argument("--baselines", default=DEFAULT_OUT, help="directory holding baselines/ (default: reports)")
+    p.add_argument("--screenshot", action="store_true", help="also save report.png (needs Chromium)")
+    p.add_argument("pytest_args", nargs="*", help="more pytest arguments, after --")
+    p.set_defaults(command=cmd_run)
+
+    p = sub.add_parser("report", help="render report.html and summary.md from a results file")
+    p.add_argument("results", nargs="?", default=DEFAULT_OUT, help="results.jsonl or its directory (default: reports)")
+    p.add_argument("--out", help="output directory (default: the results file's directory)")
+    p.add_argument("--baselines", default=DEFAULT_OUT, help="directory holding baselines/ (default: reports)")
+    p.add_argument("--tolerance", type=float, default=None, help="speed-up tolerance of the gate (default 0.2)")
+    p.add_argument("--screenshot", action="store_true", help="also save report.png (needs Chromium)")
+    p.set_defaults(command=cmd_report)
+
+    p = sub.add_parser("merge", help="join shard results into one results file and one report")
+    p.add_argument("dirs", nargs="+", help="shard output directories (or results.jsonl files)")
+    p.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: reports)")
+    p.add_argument("--baselines", default=DEFAULT_OUT, help="directory holding baselines/ (default: reports)")
+    p.add_argument("--tolerance", type=float, default=None, help="speed-up tolerance of the gate (default 0.2)")
+    p.set_defaults(command=cmd_merge)
+
+    p = sub.add_parser("compare", help="one report with several runs' environments side by side")
+    p.add_argument("results", nargs="+", help="results.jsonl files or their directories")
+    p.add_argument("--out", default="reports/compare.html", help="output HTML file (default: reports/compare.html)")
+    p.set_defaults(command=cmd_compare)
+
+    p = sub.add_parser("baseline", help="manage the accepted outcome of every cell")
+    bsub = p.add_subparsers(required=True, metavar="ACTION")
+    b = bsub.add_parser("accept", help="accept a run's results as the baseline of its environment")
+    b.add_argument("results", nargs="?", default=DEFAULT_OUT, help="results.jsonl or its directory (default: reports)")
+    b.add_argument("--baselines", default=DEFAULT_OUT, help="directory holding baselines/ (default: reports)")
+    b.set_defaults(command=cmd_baseline_accept)
+    return parser
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    cells = _load_cells(args.matrix, args.shard)
+    if args.json:
+        print(json.dumps([cell.to_dict() for cell in cells], indent=2))
+    else:
+        for cell in cells:
+            print(cell.id)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import pytest
+
+    from harness.records import results_path
+    from harness.spec import load_matrix
+
+    matrix = load_matrix(args.matrix)  # a bad matrix fails here, cleanly, before pytest starts
+    _load_cells(args.matrix, args.shard)
+    out = Path(args.out)
+    pytest_args = [
+        str(args.matrix),
+        "-p",
+        "harness.plugin",
+        "-q",
+        "--no-header",
+        "-rfE",
+        f"--matrix-out={out}",
+        f"--matrix-baselines={args.baselines}",
+        f"--junitxml={out / 'junit.xml'}",
+        "-o",
+        "junit_family=xunit2",
+    ]
+    if args.workers not in ("0", 0):
+        pytest_args += ["-n", str(args.workers)]
+    else:
+        pytest_args += ["-p", "no:xdist"]
+    if args.keyword:
+        pytest_args += ["-k", args.keyword]
+    if args.resume:
+        pytest_args.append("--matrix-resume")
+    if args.shard:
+        pytest_args.append(f"--matrix-shard={args.shard}")
+    pytest_args += list(args.pytest_args)
+    code = pytest.main(pytest_args)
+    if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED):
+        raise HarnessError(f"pytest stopped with exit status {int(code)} before the matrix finished; see its output above.")
+    results = results_path(out)
+    if not results.exists():
+        print("No cell ran (none selected); nothing to report.")
+        return 0
+    return _render(results, out, Path(args.baselines), matrix.settings.bench.speedup_tolerance, args.screenshot)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.records import results_path
+
+    results = results_path(args.results)
+    out = Path(args.out) if args.out else results.parent
+    return _render(results, out, Path(args.baselines), _tolerance(args.tolerance), args.screenshot)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from harness.records import read_records, results_path, write_records
+
+    merged: dict[str, object] = {}
+    for source in args.dirs:
+        for record in read_records(results_path(source)):
+            merged[record.id] = record
+    out = Path(args.out)
+    write_records(results_path(out), merged.values())  # type: ignore[arg-type]
+    print(f"merged {len(merged)} records from {len(args.dirs)} results files into {results_path(out)}")
+    return _render(results_path(out), out, Path(args.baselines), _tolerance(args.tolerance), False)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.records import read_records, results_path
+    from harness.report import render_compare_html
+
+    runs = []
+    for source in args.results:
+        records = read_records(results_path(source))
+        runs.append((_run_label(records, source), records))
+    out = Path(args.out)
+    _write_text(out, render_compare_html(runs, title="Optimizer matrix: comparison"))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_baseline_accept(args: argparse.Namespace) -> int:
+    from harness.baseline import accept
+    from harness.records import read_records, results_path
+
+    records = read_records(results_path(args.results))
+    for path in accept(records, Path(args.baselines)):
+        print(f"accepted {path}")
+    return 0
+
+
+def _render(results: Path, out: Path, baselines: Path, tolerance: float, screenshot: bool) -> int:
+    from harness.baseline import load_baselines
+    from harness.records import read_records
+    from harness.report import write_reports
+    from harness.verdict import count_verdicts, gate_failed, judge
+
+    records = read_records(results)
+    verdicts = judge(records, load_baselines(records, baselines), speedup_tolerance=tolerance)
+    paths = write_reports(records, verdicts, out, title="Optimizer compatibility matrix")
+    for name, path in paths.items():
+        print(f"wrote {name}: {path}")
+    if screenshot:
+        from harness.screenshot import take_screenshot
+
+        html = paths["report.html"] if "report.html" in paths else out / "report.html"
+        why = take_screenshot(Path(html), Path(html).with_suffix(".png"))
+        print(f"no screenshot: {why}" if why else f"wrote screenshot: {Path(html).with_suffix('.png')}")
+    counts = count_verdicts(verdicts)
+    summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+    if gate_failed(verdicts):
+        print(f"gate: FAILED ({summary})")
+        return 1
+    print(f"gate: passed ({summary})")
+    return 0
+
+
+def _load_cells(matrix_path: str, shard: str | None) -> list:
+    from harness.expand import expand_matrix, parse_shard, shard_cells
+    from harness.spec import load_matrix
+
+    cells = expand_matrix(load_matrix(matrix_path))
+    return shard_cells(cells, *parse_shard(shard)) if shard else cells
+
+
+def _tolerance(value: float | None) -> float:
+    from harness.settings import BenchSettings
+
+    return BenchSettings().speedup_tolerance if value is None else value
+
+
+def _run_label(records: list, source: str) -> str:
+    envs = {(r.env.get("torch"), r.device) for r in records if r.env}
+    torch_versions = sorted({str(t) for t, _ in envs if t})
+    return f"torch {', '.join(torch_versions) or '?'} ({source})"
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise HarnessError(f"Cannot write {path}: {exc.strerror}. Choose a writable --out.") from exc

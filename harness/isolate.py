@@ -1,0 +1,191 @@
+"""Runs cells in a separate Python process, so a segfault, abort, `os._exit` or hang costs one cell.
+
+One long-lived runner process per pytest worker takes cells one at a time over a pipe (JSON lines);
+starting Python and importing torch once per worker rather than once per cell keeps the harness's
+overhead small. When the runner dies the cell is `crashed`; when it outlives the cell's timeout it is
+killed and the cell is `timeout`. Either way the next cell gets a fresh runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from typing import Any
+
+from harness.cells import Cell, Record
+from harness.settings import Settings
+
+_STDERR_TAIL = 4000
+
+
+class CellRunner:
+    """A runner process that is (re)started on demand; use as a context manager or call `close()`."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: Any = None
+        self._buffer = b""
+
+    def __enter__(self) -> "CellRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, cell: Cell, settings: Settings) -> Record:
+        """Run one cell in the runner process; never raises for anything the cell does."""
+        proc = self._ensure_started()
+        request = json.dumps({"cell": cell.to_dict(), "settings": settings.model_dump(mode="json")}) + "\n"
+        start = time.perf_counter()
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(request.encode())
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return self._crashed(cell, time.perf_counter() - start)
+        line = self._read_line(settings.train.timeout_s)
+        elapsed = time.perf_counter() - start
+        if line is None:
+            self._kill()
+            return Record.for_cell(
+                cell,
+                "timeout",
+                reason="other",
+                error_type="Timeout",
+                error_message=(
+                    f"The cell ran past train.timeout_s = {settings.train.timeout_s:g} s and was killed; "
+                    "raise train.timeout_s in the matrix file if it is only slow."
+                ),
+                duration_s=elapsed,
+                env=_parent_env(cell),
+            )
+        if line == b"":
+            return self._crashed(cell, elapsed)
+        return Record.from_dict(json.loads(line))
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                assert self._proc.stdin is not None
+                self._proc.stdin.close()
+                self._proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self._kill()
+        self._proc = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def _ensure_started(self) -> subprocess.Popen[bytes]:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        self.close()
+        self._stderr = tempfile.TemporaryFile()
+        self._buffer = b""
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.isolate"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        )
+        return self._proc
+
+    def _read_line(self, timeout_s: float) -> bytes | None:
+        """The runner's next reply; b"" when it died, None when it ran out of time."""
+        assert self._proc is not None and self._proc.stdout is not None
+        fd = self._proc.stdout.fileno()
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b""
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def _crashed(self, cell: Cell, elapsed: float) -> Record:
+        assert self._proc is not None
+        try:
+            code = self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            code = self._proc.returncode if self._proc else None
+        tail = self._stderr_tail()
+        self.close()
+        return Record.for_cell(
+            cell,
+            "crashed",
+            reason="other",
+            error_type="ProcessDied",
+            error_message=f"The process running the cell died with {_describe_exit(code)}.",
+            traceback=tail or None,
+            duration_s=elapsed,
+            env=_parent_env(cell),
+        )
+
+    def _stderr_tail(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0, os.SEEK_END)
+        size = self._stderr.tell()
+        self._stderr.seek(max(0, size - _STDERR_TAIL))
+        return self._stderr.read().decode(errors="replace").strip()
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self.close()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "an unknown exit status"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name} ({code})"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
+
+
+def _parent_env(cell: Cell) -> dict[str, Any]:
+    """What the parent knows of the environment without importing torch (the runner died)."""
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = None
+    return {"python": platform.python_version(), "torch": torch_version, "device": cell.device}
+
+
+def serve() -> None:
+    """The runner's side: read a request per line, answer a record per line, until stdin closes."""
+    reply = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything a cell prints goes to stderr, never into the protocol
+    from harness.execute import run_cell
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        cell = Cell.from_dict(request["cell"])
+        record = run_cell(cell, Settings.model_validate(request["settings"]))
+        reply.write(record.to_json() + "\n")
+        reply.flush()
+
+
+if __name__ == "__main__":
+    serve()

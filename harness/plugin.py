@@ -1,0 +1,181 @@
+"""The pytest plugin: a matrix file collects into one pytest item per cell.
+
+`pytest matrix.yaml -n auto` runs the cells with pytest-xdist; `-k`, `--lf` and `--junitxml` work as
+for any test. Each worker runs its cells in a `CellRunner` process and appends each record to the
+results file as the cell finishes. The cell's pytest outcome is its verdict against the baseline:
+a known incompatibility is an xfail, a regression (or an unaccepted fix) a failure.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from harness.cells import Cell, Record
+from harness.errors import HarnessError
+from harness.isolate import CellRunner
+from harness.records import append_record, finished_ids, results_path
+from harness.settings import Settings
+
+_RUNNER_KEY = pytest.StashKey[CellRunner]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "optimizer compatibility matrix")
+    group.addoption("--matrix-out", default="reports", help="directory for results.jsonl (default: reports)")
+    group.addoption("--matrix-resume", action="store_true", help="run only the cells without a record")
+    group.addoption("--matrix-shard", default=None, metavar="I/N", help="run the I-th of N stable shares of the cells")
+    group.addoption(
+        "--matrix-baselines", default="reports", metavar="DIR", help="directory holding baselines/ (default: reports)"
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    is_worker = hasattr(config, "workerinput")
+    out = results_path(config.getoption("matrix_out"))
+    if not is_worker and not config.getoption("matrix_resume") and _matrix_args(config) and out.exists():
+        out.unlink()  # a fresh run starts a fresh results file; --resume keeps it
+    config.stash[_RUNNER_KEY] = CellRunner()
+    if not is_worker and _matrix_args(config):
+        config.pluginmanager.register(Progress(config), "harness-progress")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    runner = config.stash.get(_RUNNER_KEY, None)
+    if runner is not None:
+        runner.close()
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml") and file_path.resolve() in _matrix_args(parent.config):
+        return MatrixFile.from_parent(parent, path=file_path)
+    return None
+
+
+def _matrix_args(config: pytest.Config) -> set[Path]:
+    """Only YAML files named on the command line are matrices (never stray YAML under tests/)."""
+    paths = set()
+    for arg in config.args:
+        path = Path(str(arg).split("::")[0])
+        if path.suffix in (".yaml", ".yml"):
+            paths.add((Path(config.invocation_params.dir) / path).resolve())
+    return paths
+
+
+class MatrixFile(pytest.File):
+    def collect(self) -> Iterator[pytest.Item]:
+        from harness.expand import expand_matrix, parse_shard, shard_cells
+        from harness.spec import load_matrix
+
+        matrix = load_matrix(self.path)
+        cells = expand_matrix(matrix)
+        shard = self.config.getoption("matrix_shard")
+        if shard:
+            cells = shard_cells(cells, *parse_shard(shard))
+        done = finished_ids(results_path(self.config.getoption("matrix_out"))) if self.config.getoption("matrix_resume") else set()
+        for cell in cells:
+            if cell.id not in done:
+                yield CellItem.from_parent(self, name=cell.id, cell=cell, settings=matrix.settings)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, HarnessError):
+            return f"error: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+
+class CellFailure(Exception):
+    """A cell whose outcome fails the gate."""
+
+    def __init__(self, record: Record, verdict: str):
+        self.record = record
+        self.verdict = verdict
+        super().__init__(record.id)
+
+
+class CellItem(pytest.Item):
+    def __init__(self, *, cell: Cell, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cell = cell
+        self.settings = settings
+
+    def runtest(self) -> None:
+        record = self.config.stash[_RUNNER_KEY].run(self.cell, self.settings)
+        append_record(results_path(self.config.getoption("matrix_out")), record)
+        self.user_properties.append(("status", record.status))
+        if record.reason:
+            self.user_properties.append(("reason", record.reason))
+        verdict = _verdict_for(self.config, record, self.settings)
+        self.user_properties.append(("verdict", verdict))
+        if verdict in _GATE_FAILING:
+            raise CellFailure(record, verdict)
+        if record.status == "skipped":
+            pytest.skip(f"{record.error_message or 'skipped'}")
+        if record.status != "ok":
+            pytest.xfail(f"{verdict}: {record.status} ({record.reason}): {_first_line(record.error_message or record.judgement)}")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, CellFailure):
+            record, verdict = excinfo.value.record, excinfo.value.verdict
+            lines = [
+                f"{verdict}: {record.id} is now {record.status}" + (f" ({record.reason})" if record.reason else ""),
+            ]
+            if record.error_type or record.error_message:
+                lines.append(f"{record.error_type}: {record.error_message}")
+            if record.judgement:
+                lines.append(record.judgement)
+            return "\n".join(lines)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"cell: {self.cell.id}"
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0][:200] if text and text.strip() else ""
+
+
+_GATE_FAILING = frozenset({"regression", "fixed", "changed", "slower"})
+
+
+def _verdict_for(config: pytest.Config, record: Record, settings: Settings) -> str:
+    from harness.baseline import load_baselines
+    from harness.verdict import judge
+
+    baseline = load_baselines([record], Path(config.getoption("matrix_baselines")))
+    return judge([record], baseline, speedup_tolerance=settings.bench.speedup_tolerance)[0].verdict
+
+
+class Progress:
+    """A line on the terminal with cells done, left and failing, at most once a second."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.total = 0
+        self.done = 0
+        self.failing = 0
+        self.not_ok = 0
+        self.last = 0.0
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.total = sum(isinstance(item, CellItem) for item in session.items)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call" and not (report.when == "setup" and report.skipped):
+            return
+        self.done += 1
+        self.failing += report.failed
+        self.not_ok += bool(getattr(report, "wasxfail", None))
+        now = time.monotonic()
+        if now - self.last >= 1.0 or self.done == self.total:
+            self.last = now
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None and self.total:
+                reporter.write_line(
+                    f"[matrix] {self.done}/{self.total} cells done, {self.total - self.done} left, "
+                    f"{self.failing} failing the gate, {self.not_ok} known incompatibilities"
+                )

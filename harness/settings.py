@@ -1,0 +1,73 @@
+"""The matrix file's settings sections (`train`, `model`, `bench`), with the defaults a run uses."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainSettings(_Section):
+    """How each cell trains the small GPT and how its loss is judged."""
+
+    steps: int = Field(25, ge=2, description="optimizer steps per cell")
+    seed: int = Field(0, description="seed of the model's weights and the synthetic data")
+    timeout_s: float = Field(60.0, gt=0, description="a cell running longer ends as `timeout`")
+    batch_size: int = Field(4, ge=1)
+    threads: int = Field(1, ge=1, description="torch CPU threads inside a cell")
+    min_rel_drop: float = Field(
+        0.05, ge=0, lt=1, description="the loss must fall by this fraction of its start, or `no_learning`"
+    )
+
+
+class ModelSettings(_Section):
+    """The small decoder-only GPT every cell trains (a few hundred thousand parameters)."""
+
+    vocab_size: int = Field(64, ge=2)
+    seq_len: int = Field(32, ge=2)
+    d_model: int = Field(96, ge=4)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(4, ge=1)
+
+
+class Tolerance(_Section):
+    atol: float = Field(ge=0)
+    rtol: float = Field(ge=0)
+
+
+def _default_tolerances() -> dict[str, Tolerance]:
+    return {
+        "float32": Tolerance(atol=1e-5, rtol=1e-4),
+        "float16": Tolerance(atol=1e-2, rtol=1e-2),
+        "bfloat16": Tolerance(atol=5e-2, rtol=5e-2),
+    }
+
+
+class BenchSettings(_Section):
+    """Fused / foreach / for-loop step timing, parity and memory, on a GPT larger than the training one."""
+
+    enabled: bool = True
+    cells: list[dict[str, str]] = Field(
+        default_factory=lambda: [{"builder": "direct", "kwargs": "plain"}],
+        description="partial-match filters (like `include`) choosing the cells that benchmark",
+    )
+    d_model: int = Field(256, ge=4)
+    n_layers: int = Field(4, ge=1)
+    vocab_size: int = Field(1024, ge=2)
+    seq_len: int = Field(128, ge=2)
+    warmup: int = Field(5, ge=0)
+    repeats: int = Field(30, ge=3)
+    threads: int = Field(1, ge=1, description="torch CPU threads while timing on CPU")
+    parity_steps: int = Field(3, ge=1)
+    tolerances: dict[str, Tolerance] = Field(default_factory=_default_tolerances)
+    speedup_tolerance: float = Field(
+        0.2, ge=0, description="the gate's `slower`: a fused speed-up this fraction under the baseline's"
+    )
+
+
+class Settings(_Section):
+    train: TrainSettings = TrainSettings()
+    model: ModelSettings = ModelSettings()
+    bench: BenchSettings = BenchSettings()
