@@ -8,7 +8,7 @@ a known incompatibility is an xfail, a regression (or an unaccepted fix) a failu
 
 from __future__ import annotations
 
-import sys
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,6 +17,7 @@ import pytest
 
 from harness.cells import Cell, Record
 from harness.errors import HarnessError
+from harness.exclusive import LOCK_DIR_ENV
 from harness.isolate import CellRunner
 from harness.records import append_record, finished_ids, results_path
 from harness.settings import Settings
@@ -42,6 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_RUNNER_KEY] = CellRunner()
     if not is_worker and _matrix_args(config):
         config.pluginmanager.register(Progress(config), "harness-progress")
+        # Workers inherit this: their benchmarks take the machine exclusively (harness.exclusive).
+        os.environ.setdefault(LOCK_DIR_ENV, str(out.parent.resolve()))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
