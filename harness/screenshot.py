@@ -1,0 +1,48 @@
+"""A PNG of the HTML report, taken in headless Chromium; a missing browser is a reason, never an error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHROMIUM = Path("/usr/bin/chromium")
+"""Debian's Chromium: Playwright's own browser download cannot be relied on (offline CI machines)."""
+
+LAUNCH_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+_TIMEOUT_MS = 60_000
+
+
+def take_screenshot(html_path: Path, png_path: Path, *, executable: Path = CHROMIUM) -> str | None:
+    """Save a full-page PNG of the report; None on success, else a sentence saying why there is none."""
+    try:
+        from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return "The `playwright` Python package is not installed (pip install playwright)."
+    if not Path(executable).is_file():
+        return f"No Chromium at {executable} (on Debian: apt-get install chromium)."
+    html_path = Path(html_path).resolve()
+    if not html_path.is_file():
+        return f"The report {html_path} does not exist."
+    try:
+        Path(png_path).parent.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(executable), args=list(LAUNCH_ARGS))
+            try:
+                page = browser.new_page(viewport={"width": 1600, "height": 1000})
+                page.goto(html_path.as_uri(), wait_until="load", timeout=_TIMEOUT_MS)
+                page.screenshot(path=str(png_path), full_page=True, timeout=_TIMEOUT_MS)
+            finally:
+                browser.close()
+    except (PlaywrightError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"Chromium at {executable} failed: {first_line}"
+    return None
