@@ -53,6 +53,10 @@ class Cell:
         """The cell's value on a singular axis name (`kwargs` is the variant name)."""
         return self.variant if name == "kwargs" else getattr(self, name)
 
+    def matches(self, rule: Mapping[str, Any]) -> bool:
+        """Whether every axis key of `rule` equals the cell's value (a partial match, as in `exclude`)."""
+        return all(key in AXES and self.axis(key) == str(value) for key, value in rule.items())
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -113,6 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "-q",
         "--no-header",
         "-rfE",
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
         f"--matrix-out={out}",
         f"--matrix-baselines={args.baselines}",
         f"--junitxml={out / 'junit.xml'}",

@@ -21,9 +21,14 @@ from importlib import metadata
 from typing import Any
 
 from harness.cells import Cell, Record
+from harness.errors import HarnessError
 from harness.settings import Settings
 
 _STDERR_TAIL = 4000
+_STARTUP_TIMEOUT_S = 300
+_READY = b'{"ready": true}'
+# Imported once when a runner starts, so no cell pays for them (bitsandbytes alone takes seconds).
+_WARM_IMPORTS = ("torch", "bitsandbytes.optim", "timm.optim", "grokadamw")
 
 
 class CellRunner:
@@ -51,7 +56,10 @@ class CellRunner:
             proc.stdin.flush()
         except (BrokenPipeError, OSError):
             return self._crashed(cell, time.perf_counter() - start)
-        line = self._read_line(settings.train.timeout_s)
+        limit, which = settings.train.timeout_s, "train.timeout_s"
+        if settings.bench.selects(cell):
+            limit, which = limit + settings.bench.timeout_s, "train.timeout_s + bench.timeout_s"
+        line = self._read_line(limit)
         elapsed = time.perf_counter() - start
         if line is None:
             self._kill()
@@ -61,8 +69,8 @@ class CellRunner:
                 reason="other",
                 error_type="Timeout",
                 error_message=(
-                    f"The cell ran past train.timeout_s = {settings.train.timeout_s:g} s and was killed; "
-                    "raise train.timeout_s in the matrix file if it is only slow."
+                    f"The cell ran past {which} = {limit:g} s and was killed; "
+                    "raise it in the matrix file if the cell is only slow."
                 ),
                 duration_s=elapsed,
                 env=_parent_env(cell),
@@ -85,6 +93,7 @@ class CellRunner:
             self._stderr = None
 
     def _ensure_started(self) -> subprocess.Popen[bytes]:
+        """A runner that has imported torch and the optimizer packages, so a cell's time is its own."""
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
         self.close()
@@ -97,6 +106,13 @@ class CellRunner:
             stderr=self._stderr,
             env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
+        if self._read_line(_STARTUP_TIMEOUT_S) != _READY:
+            tail = self._stderr_tail()
+            self._kill()
+            raise HarnessError(
+                f"The cell runner process (python -m harness.isolate) did not start within {_STARTUP_TIMEOUT_S} s; "
+                f"check that torch imports in this environment.\n{tail}"
+            )
         return self._proc
 
     def _read_line(self, timeout_s: float) -> bytes | None:
@@ -179,12 +195,31 @@ def serve() -> None:
     os.dup2(2, 1)  # anything a cell prints goes to stderr, never into the protocol
     from harness.execute import run_cell
 
+    _warm_up()
+    reply.write(_READY.decode() + "\n")
+    reply.flush()
     for line in sys.stdin:
         request = json.loads(line)
         cell = Cell.from_dict(request["cell"])
         record = run_cell(cell, Settings.model_validate(request["settings"]))
         reply.write(record.to_json() + "\n")
         reply.flush()
+
+
+def _warm_up() -> None:
+    import importlib
+
+    for module in _WARM_IMPORTS:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - a missing package is the cell's to report, as `skipped`
+            pass
+    import torch
+
+    # The first optimizer step imports torch's lazy machinery (dynamo hooks); pay for it here.
+    param = torch.nn.Parameter(torch.zeros(4))
+    param.grad = torch.ones(4)
+    torch.optim.AdamW([param]).step()
 
 
 if __name__ == "__main__":

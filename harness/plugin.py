@@ -167,6 +167,10 @@ class Progress:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.total = sum(isinstance(item, CellItem) for item in session.items)
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.total = len(ids)  # under xdist the controller collects nothing itself
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call" and not (report.when == "setup" and report.skipped):
             return

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from harness.cells import Cell
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -62,9 +64,15 @@ class BenchSettings(_Section):
     threads: int = Field(1, ge=1, description="torch CPU threads while timing on CPU")
     parity_steps: int = Field(3, ge=1)
     tolerances: dict[str, Tolerance] = Field(default_factory=_default_tolerances)
+    timeout_s: float = Field(120.0, gt=0, description="time a cell may take for its benchmark, on top of train.timeout_s")
     speedup_tolerance: float = Field(
         0.2, ge=0, description="the gate's `slower`: a fused speed-up this fraction under the baseline's"
     )
+
+
+    def selects(self, cell: Cell) -> bool:
+        """Whether `cell` runs the benchmark after its training."""
+        return self.enabled and any(cell.matches(rule) for rule in self.cells)
 
 
 class Settings(_Section):

@@ -1,0 +1,468 @@
+"""The `bench` part of a cell: fused / foreach / for-loop step time, speed-up, bandwidth, parity, memory.
+
+Every implementation steps its own copy of the same seeded parameters with the same fixed gradients,
+so only the optimizer step is timed. Timed steps of the implementations are interleaved round-robin,
+so a machine that slows down mid-run slows all of them alike and their ratios stay fair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import inspect
+import math
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+import torch
+
+from harness.cells import Cell
+from harness.errors import HarnessError
+from harness.roofline import BANDWIDTH_METHOD, bytes_moved_per_step, measure_device_bandwidth
+from harness.settings import BenchSettings, Settings, Tolerance
+
+REFERENCE = "forloop"
+"""Parity is judged against the plain per-parameter loop, the implementation every other one mirrors."""
+ACCELERATION_KWARGS = ("fused", "foreach")
+_PARAM_SCALE = 0.02
+_GRAD_SCALE = 0.01
+_MAX_MESSAGE = 500
+_SETTLE_BYTES = 31 * 2**20
+
+
+class Benchable(Protocol):
+    """What the bench needs from a resolved optimizer (`harness.resolve.ResolvedOptimizer` has more)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def factory(self) -> Callable[..., torch.optim.Optimizer]: ...
+
+    @property
+    def cls(self) -> type: ...
+
+
+def implementations(cls: type) -> dict[str, dict[str, bool]]:
+    """The implementations a class offers, each with the flags that select it; {} when there is only one.
+
+    A `fused` parameter gives "fused"; a `foreach` parameter gives "foreach"; either gives "forloop"
+    (both flags off), the reference the others are compared with.
+    """
+    names = _signature_names(cls)
+    has_fused, has_foreach = "fused" in names, "foreach" in names
+    found: dict[str, dict[str, bool]] = {}
+    if has_fused:
+        found["fused"] = {"fused": True, **({"foreach": False} if has_foreach else {})}
+    if has_foreach:
+        found["foreach"] = {"foreach": True, **({"fused": False} if has_fused else {})}
+    if found:
+        found[REFERENCE] = {name: False for name in ACCELERATION_KWARGS if name in names}
+    return found if len(found) >= 2 else {}
+
+
+def bench_param_shapes(bench: BenchSettings) -> list[tuple[int, ...]]:
+    """Parameter shapes of a GPT-2-like decoder (tied head) sized by the bench settings."""
+    d, hidden = bench.d_model, 4 * bench.d_model
+    shapes: list[tuple[int, ...]] = [(bench.vocab_size, d), (bench.seq_len, d)]
+    for _ in range(bench.n_layers):
+        shapes += [(d,), (d,)]  # ln_1
+        shapes += [(3 * d, d), (3 * d,), (d, d), (d,)]  # attention qkv, proj
+        shapes += [(d,), (d,)]  # ln_2
+        shapes += [(hidden, d), (hidden,), (d, hidden), (d,)]  # mlp fc, proj
+    shapes += [(d,), (d,)]  # ln_f
+    return shapes
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of every tensor in the optimizer's state, each storage counted once (shared maps included once)."""
+    seen: set[tuple[str, int]] = set()
+    total = 0
+    for state in optimizer.state.values():
+        for tensor in _tensors(state):
+            key = (str(tensor.device), tensor.untyped_storage().data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += tensor.untyped_storage().nbytes()
+    return total
+
+
+def state_bytes_per_param(optimizer: torch.optim.Optimizer) -> float:
+    """State bytes per parameter element (AdamW float32: about 8; an 8-bit Adam: about 2)."""
+    elements = sum(param.numel() for param in _unique_params(optimizer))
+    return state_bytes(optimizer) / elements if elements else 0.0
+
+
+def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> dict[str, Any] | None:
+    """Time, compare and measure every implementation of `resolved` on the cell's device and dtype.
+
+    Returns None when the class has only one implementation. An implementation that fails to build or
+    step (fused on a device or dtype it does not support) is listed under `unavailable` with its error.
+    """
+    flags = implementations(resolved.cls)
+    if not flags:
+        return None
+    bench = settings.bench
+    device = _device(cell)
+    dtype = _dtype(cell)
+    tolerance = _tolerance(bench, cell.dtype)
+    base = {key: value for key, value in cell.kwargs.items() if key not in ACCELERATION_KWARGS}
+    kwargs = {name: {**base, **impl_flags} for name, impl_flags in flags.items()}
+    target = _Target(resolved.factory, device, dtype)
+
+    with _bench_context(device, bench.threads):
+        inputs = _make_inputs(bench, settings.train.seed)
+        unavailable: dict[str, str] = {}
+        parity_runs: dict[str, _ParityRun] = {}
+        for name, impl_kwargs in kwargs.items():
+            try:
+                parity_runs[name] = _parity_run(target, impl_kwargs, inputs)
+            except Exception as exc:  # noqa: BLE001 - any failure makes this implementation unavailable
+                unavailable[name] = _describe(exc)
+        step_times, moved = _time_steps(target, kwargs, inputs, bench, unavailable)
+        bandwidth = measure_device_bandwidth(device)
+
+    medians = {name: statistics.median(times) for name, times in step_times.items()}
+    achieved = {name: moved[name] / (medians[name] / 1e3) / 1e9 for name in medians}
+    parity = _parity(parity_runs, tolerance)
+    compared = [name for name in parity if name != "tolerance"]
+    breach = [name for name in compared if not parity[name]["ok"]]
+    return {
+        "device": str(device),
+        "device_name": _device_name(device),
+        "dtype": cell.dtype,
+        "timer": "cuda_event" if device.type == "cuda" else "perf_counter",
+        "threads": bench.threads if device.type == "cpu" else None,
+        "params": sum(math.prod(shape) for shape in bench_param_shapes(bench)),
+        "model": {key: getattr(bench, key) for key in ("d_model", "n_layers", "vocab_size", "seq_len")},
+        "warmup": bench.warmup,
+        "repeats": bench.repeats,
+        "implementations": kwargs,
+        "unavailable": unavailable,
+        "step_ms": medians,
+        "spread_ms": {name: _spread(times) for name, times in step_times.items()},
+        "speedup": _speedups(medians),
+        "bytes_per_step": moved,
+        "achieved_gbs": achieved,
+        "device_bandwidth_gbs": bandwidth,
+        "device_bandwidth_method": BANDWIDTH_METHOD,
+        "bandwidth_fraction": {name: gbs / bandwidth for name, gbs in achieved.items()},
+        "parity": parity,
+        "parity_reference": REFERENCE,
+        "parity_steps": bench.parity_steps,
+        "parity_ok": (not breach) if compared else None,
+        "parity_breach": breach,
+        "state_bytes_per_param": {name: run.state_bytes_per_param for name, run in parity_runs.items()},
+        "peak_memory_bytes": {name: run.peak_bytes for name, run in parity_runs.items()},
+        "step_extra_memory_bytes": {name: run.step_extra_bytes for name, run in parity_runs.items()},
+        "peak_memory_method": "torch.cuda.max_memory_allocated" if device.type == "cuda" else None,
+    }
+
+
+@dataclass(frozen=True)
+class _Target:
+    factory: Callable[..., torch.optim.Optimizer]
+    device: torch.device
+    dtype: torch.dtype
+
+    def params(self, masters: list[torch.Tensor], grads: list[torch.Tensor] | None) -> list[torch.Tensor]:
+        """Fresh device copies of the seeded masters (never aliasing them), with grads attached."""
+        params = [m.to(device=self.device, dtype=self.dtype, copy=True).requires_grad_(True) for m in masters]
+        if grads is not None:
+            self.attach(params, grads)
+        return params
+
+    def attach(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        for param, grad in zip(params, grads):
+            param.grad = grad.to(device=self.device, dtype=self.dtype, copy=True)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    parity_grads: list[list[torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class _ParityRun:
+    final: torch.Tensor
+    state_bytes_per_param: float
+    peak_bytes: int | None
+    step_extra_bytes: int | None
+
+
+def _make_inputs(bench: BenchSettings, seed: int) -> _Inputs:
+    # Built once on CPU in float32 and copied per implementation, so every copy starts bit-identical.
+    shapes = bench_param_shapes(bench)
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw(scale: float) -> list[torch.Tensor]:
+        return [torch.randn(shape, generator=generator) * scale for shape in shapes]
+
+    return _Inputs(
+        params=draw(_PARAM_SCALE),
+        grads=draw(_GRAD_SCALE),
+        parity_grads=[draw(_GRAD_SCALE) for _ in range(bench.parity_steps)],
+    )
+
+
+def _parity_run(target: _Target, kwargs: Mapping[str, Any], inputs: _Inputs) -> _ParityRun:
+    """Run the parity steps alone on the device, measuring the state and the peak memory of the last step."""
+    device = target.device
+    on_cuda = device.type == "cuda"
+    base = torch.cuda.memory_allocated(device) if on_cuda else 0
+    params = target.params(inputs.params, None)
+    optimizer = target.factory(params, **kwargs)
+    before = 0
+    for index, grads in enumerate(inputs.parity_grads):
+        target.attach(params, grads)
+        if on_cuda and index == len(inputs.parity_grads) - 1:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+        optimizer.step()
+    peak = None
+    if on_cuda:
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    final = _flat_copy(params)
+    return _ParityRun(
+        final=final,
+        state_bytes_per_param=state_bytes_per_param(optimizer),
+        peak_bytes=None if peak is None else peak - base,
+        step_extra_bytes=None if peak is None else peak - before,
+    )
+
+
+def _time_steps(
+    target: _Target,
+    kwargs: Mapping[str, Mapping[str, Any]],
+    inputs: _Inputs,
+    bench: BenchSettings,
+    unavailable: dict[str, str],
+) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Milliseconds of each timed step per implementation, and the bytes each step must move."""
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    for name, impl_kwargs in kwargs.items():
+        if name in unavailable:
+            continue
+        try:
+            optimizer = target.factory(target.params(inputs.params, inputs.grads), **impl_kwargs)
+            for _ in range(bench.warmup):
+                optimizer.step()
+            _synchronize(target.device)
+        except Exception as exc:  # noqa: BLE001 - any failure makes this implementation unavailable
+            unavailable[name] = _describe(exc)
+            continue
+        optimizers[name] = optimizer
+
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    timer = _cuda_event_ms if target.device.type == "cuda" else _perf_counter_ms
+    with _gc_paused():
+        for repeat in range(bench.repeats):
+            names = list(optimizers)
+            shift = repeat % len(names) if names else 0
+            for name in names[shift:] + names[:shift]:
+                try:
+                    times[name].append(timer(optimizers[name].step, target.device))
+                except Exception as exc:  # noqa: BLE001 - any failure makes this implementation unavailable
+                    unavailable[name] = _describe(exc)
+                    del optimizers[name], times[name]
+    moved = {name: bytes_moved_per_step(optimizer) for name, optimizer in optimizers.items()}
+    return times, moved
+
+
+def _perf_counter_ms(step: Callable[[], Any], device: torch.device) -> float:
+    _synchronize(device)
+    began = time.perf_counter()
+    step()
+    _synchronize(device)
+    return (time.perf_counter() - began) * 1e3
+
+
+def _cuda_event_ms(step: Callable[[], Any], device: torch.device) -> float:
+    # Synchronise first so the queue is empty: the events then span launch overhead too, which is
+    # exactly what fused and foreach kernels exist to remove.
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    step()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def _parity(runs: Mapping[str, _ParityRun], tolerance: Tolerance) -> dict[str, Any]:
+    parity: dict[str, Any] = {}
+    reference = runs.get(REFERENCE)
+    if reference is not None:
+        for name, run in runs.items():
+            if name != REFERENCE:
+                parity[name] = _compare(run.final, reference.final, tolerance)
+    parity["tolerance"] = {"atol": tolerance.atol, "rtol": tolerance.rtol}
+    return parity
+
+
+def _compare(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance) -> dict[str, Any]:
+    """Largest differences, and whether |a - b| <= atol + rtol * |b| holds everywhere (NaN only matches NaN).
+
+    Works in place on `candidate`, which it consumes: fresh memory is slow to fault in on some hosts.
+    """
+    if candidate.numel() == 0:
+        return {"max_abs": 0.0, "max_rel": 0.0, "ok": True}
+    same = (candidate == reference).logical_or_(candidate.isnan().logical_and_(reference.isnan()))
+    diff = candidate.sub_(reference).abs_().masked_fill_(same, 0.0).nan_to_num_(nan=math.inf)
+    magnitude = reference.abs()
+    rel = (diff / magnitude).masked_fill_(same.logical_or(reference == 0), 0.0).nan_to_num_(nan=math.inf)
+    within = diff.le(magnitude.mul_(tol.rtol).add_(tol.atol)).logical_or_(same)
+    return {"max_abs": diff.max().item(), "max_rel": rel.max().item(), "ok": bool(within.all())}
+
+
+def _flat_copy(params: list[torch.Tensor]) -> torch.Tensor:
+    """All values in one new CPU vector, widened to float32 (float64 stays) so differences are exact enough."""
+    dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
+    if not params:
+        return torch.zeros(0, dtype=dtype)
+    return torch.cat([param.detach().reshape(-1).to("cpu", dtype) for param in params])
+
+
+def _speedups(medians: Mapping[str, float]) -> dict[str, float]:
+    pairs = (("fused", "foreach"), ("fused", "forloop"), ("foreach", "forloop"))
+    return {f"{fast}/{slow}": medians[slow] / medians[fast] for fast, slow in pairs if fast in medians and slow in medians}
+
+
+def _spread(times: list[float]) -> dict[str, float]:
+    p25, _, p75 = statistics.quantiles(times, n=4, method="inclusive")
+    return {"p25": p25, "p75": p75, "min": min(times), "max": max(times)}
+
+
+def _tolerance(bench: BenchSettings, dtype: str) -> Tolerance:
+    try:
+        return bench.tolerances[dtype]
+    except KeyError:
+        known = ", ".join(sorted(bench.tolerances))
+        raise HarnessError(
+            f"No parity tolerance for dtype '{dtype}' in bench.tolerances; add one (known: {known})."
+        ) from None
+
+
+def _device(cell: Cell) -> torch.device:
+    try:
+        device = torch.device(cell.device)
+    except RuntimeError as exc:
+        raise HarnessError(
+            f"Cell {cell.id}: '{cell.device}' is not a torch device; use one such as 'cpu' or 'cuda'."
+        ) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HarnessError(f"Cell {cell.id}: cannot benchmark on '{cell.device}': CUDA is not available here.")
+    return device
+
+
+def _dtype(cell: Cell) -> torch.dtype:
+    dtype = getattr(torch, cell.dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise HarnessError(
+            f"Cell {cell.id}: '{cell.dtype}' is not a torch dtype; use one such as 'float32' or 'bfloat16'."
+        )
+    return dtype
+
+
+@contextlib.contextmanager
+def _bench_context(device: torch.device, threads: int) -> Iterator[None]:
+    """A fixed CPU thread count (restored after), or the CUDA device made current for events and streams."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            yield
+        return
+    previous = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+        _settle_cpu_allocator()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _settle_cpu_allocator() -> None:
+    """Free one block just under glibc's 32 MiB dynamic mmap-threshold ceiling.
+
+    Until a process has freed a large block, glibc maps every big temporary afresh and returns it on
+    free, so the first bench in a process would time page faults that a training process, long past
+    its first large free, no longer pays (foreach steps ran ~1.7x slower). Elsewhere this costs nothing.
+    """
+    block = torch.empty(_SETTLE_BYTES, dtype=torch.uint8)
+    del block
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return _cpu_model() or platform.processor() or platform.machine()
+    return device.type
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _signature_names(cls: type) -> set[str]:
+    try:
+        return set(inspect.signature(cls).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def _unique_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    seen: dict[int, torch.Tensor] = {}
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            seen.setdefault(id(param), param)
+    return list(seen.values())
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def _describe(exc: BaseException) -> str:
+    message = f"{type(exc).__name__}: {exc}"
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
