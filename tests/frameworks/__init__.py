@@ -1,0 +1,1 @@
+"""Framework-style optimizer builders, named in a matrix as `tests.frameworks.<module>:<function>`."""
