@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -54,8 +55,17 @@ class Cell:
         return self.variant if name == "kwargs" else getattr(self, name)
 
     def matches(self, rule: Mapping[str, Any]) -> bool:
-        """Whether every axis key of `rule` equals the cell's value (a partial match, as in `exclude`)."""
-        return all(key in AXES and self.axis(key) == str(value) for key, value in rule.items())
+        """Whether every axis key of `rule` equals the cell's value (a partial match, as in `exclude`).
+
+        The optimizer may also be a shell glob (`torch.optim.*`).
+        """
+        for key, value in rule.items():
+            mine = self.axis(key) if key in AXES else None
+            if key == "optimizer" and mine is not None and fnmatch.fnmatchcase(mine, str(value)):
+                continue
+            if mine != str(value):
+                return False
+        return True
 
     def to_dict(self) -> dict[str, Any]:
         return {

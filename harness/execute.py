@@ -16,8 +16,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from harness import exclusive
 from harness.build import build
-from harness.cells import AXES, Cell, Record
+from harness.cells import Cell, Record
 from harness.classify import classify_error
 from harness.errors import HarnessError
 from harness.gpt import GPT, build_gpt, synthetic_batch
@@ -46,60 +47,62 @@ def run_cell(cell: Cell, settings: Settings) -> Record:
         return finish("construct_error", **_error_fields(exc, cell))
     env = environment(cell.device, resolved)
 
-    torch.manual_seed(settings.train.seed)
-    torch.set_num_threads(settings.train.threads)
-    if cell.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(cell.device)
-    try:
-        model = build_gpt(settings.model, seed=settings.train.seed, device=cell.device, dtype=dtype)
-        inputs, targets = synthetic_batch(settings.model, settings.train.batch_size, settings.train.seed, cell.device)
-    except Exception as exc:  # the device cannot hold the model in this dtype: no optimizer is at fault
-        return finish("skipped", **_error_fields(exc, cell), env=env)
-    num_params = sum(p.numel() for p in model.parameters())
+    with exclusive.shared():  # other cells train alongside; a benchmark waits for the machine
+        torch.manual_seed(settings.train.seed)
+        torch.set_num_threads(settings.train.threads)
+        if cell.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(cell.device)
+        try:
+            model = build_gpt(settings.model, seed=settings.train.seed, device=cell.device, dtype=dtype)
+            inputs, targets = synthetic_batch(settings.model, settings.train.batch_size, settings.train.seed, cell.device)
+        except Exception as exc:  # the device cannot hold the model in this dtype: no optimizer is at fault
+            return finish("skipped", **_error_fields(exc, cell), env=env)
+        num_params = sum(p.numel() for p in model.parameters())
 
-    construct_started = time.perf_counter()
-    try:
-        built = build(cell.builder, resolved, model.parameters(), cell.kwargs, device=cell.device)
-    except MissingDependency as exc:
-        return finish(
-            "skipped", reason="missing_dependency", error_type=type(exc).__name__, error_message=str(exc), env=env
+        construct_started = time.perf_counter()
+        try:
+            built = build(cell.builder, resolved, model.parameters(), cell.kwargs, device=cell.device)
+        except MissingDependency as exc:
+            return finish(
+                "skipped", reason="missing_dependency", error_type=type(exc).__name__, error_message=str(exc), env=env
+            )
+        except BaseException as exc:  # an optimizer raising SystemExit in __init__ is a result too
+            return finish("construct_error", **_error_fields(exc, cell), num_params=num_params, env=env)
+        construct_s = time.perf_counter() - construct_started
+        optimizer = built.optimizer
+        common = dict(
+            dropped_kwargs=built.dropped_kwargs,
+            absorbed_kwargs=built.absorbed_kwargs,
+            construct_s=construct_s,
+            num_params=num_params,
+            env=env,
         )
-    except BaseException as exc:  # an optimizer raising SystemExit in __init__ is a result too
-        return finish("construct_error", **_error_fields(exc, cell), num_params=num_params, env=env)
-    construct_s = time.perf_counter() - construct_started
-    optimizer = built.optimizer
-    common = dict(
-        dropped_kwargs=built.dropped_kwargs,
-        absorbed_kwargs=built.absorbed_kwargs,
-        construct_s=construct_s,
-        num_params=num_params,
-        env=env,
-    )
 
-    losses: list[float] = []
-    steps_started = time.perf_counter()
-    try:
-        final_loss = train(model, optimizer, inputs, targets, settings.train.steps, losses)
-    except BaseException as exc:  # SystemExit or KeyboardInterrupt raised by an optimizer's step, too
-        return finish(
-            "step_error",
-            **_error_fields(exc, cell),
-            **common,
-            steps_s=time.perf_counter() - steps_started,
-            losses=losses,
-            initial_loss=losses[0] if losses else None,
-        )
-    steps_s = time.perf_counter() - steps_started
+        losses: list[float] = []
+        steps_started = time.perf_counter()
+        try:
+            final_loss = train(model, optimizer, inputs, targets, settings.train.steps, losses)
+        except BaseException as exc:  # SystemExit or KeyboardInterrupt raised by an optimizer's step, too
+            return finish(
+                "step_error",
+                **_error_fields(exc, cell),
+                **common,
+                steps_s=time.perf_counter() - steps_started,
+                losses=losses,
+                initial_loss=losses[0] if losses else None,
+            )
+        steps_s = time.perf_counter() - steps_started
 
-    params_finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
-    status, judgement = judge_loss([*losses, final_loss], settings.train.min_rel_drop, params_finite=params_finite)
-    state = optimizer_state_bytes(optimizer)
-    peak = torch.cuda.max_memory_allocated(cell.device) if cell.device.startswith("cuda") else None
+        params_finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        status, judgement = judge_loss([*losses, final_loss], settings.train.min_rel_drop, params_finite=params_finite)
+        state = optimizer_state_bytes(optimizer)
+        peak = torch.cuda.max_memory_allocated(cell.device) if cell.device.startswith("cuda") else None
     bench = None
-    if status == "ok" and settings.bench.enabled and matches_any(cell, settings.bench.cells):
+    if status == "ok" and settings.bench.selects(cell):
         from harness.bench import run_bench
 
-        bench = run_bench(resolved, cell, settings)
+        with exclusive.exclusive():  # timed alone, no other cell training meanwhile
+            bench = run_bench(resolved, cell, settings)
     return finish(
         status,
         **common,
@@ -208,11 +211,6 @@ def state_bytes(state: Any, _seen: set[int] | None = None) -> int:
     if isinstance(state, (list, tuple)):
         return sum(state_bytes(v, seen) for v in state)
     return 0
-
-
-def matches_any(cell: Cell, filters: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether every key of some filter equals the cell's value on that axis (`kwargs` = variant name)."""
-    return any(all(key in AXES and cell.axis(key) == str(value) for key, value in f.items()) for f in filters)
 
 
 def parse_dtype(name: str) -> torch.dtype:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,7 @@ def _jinja() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals.update(status_symbol=status_symbol, verdict_symbols=VERDICT_SYMBOLS, fmt=_fmt)
+    env.globals.update(status_symbol=status_symbol, verdict_symbols=VERDICT_SYMBOLS, fmt=_fmt, size=_bytes)
     return env
 
 
@@ -110,6 +111,37 @@ def _ordered(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+# Known values first in this order, then any other value alphabetically: a report reads the same every run.
+FAMILY_ORDER = ("torch", "bitsandbytes", "grokadamw", "timm")
+AXIS_ORDER: dict[str, tuple[str, ...]] = {
+    "device": ("cpu",),
+    "dtype": ("float32",),
+    "variant": ("plain", "fused", "foreach", "fused_false"),
+    "builder": ("direct", "signature", "safe"),
+}
+
+
+def _rank(value: str, known: Sequence[str]) -> tuple[int, str]:
+    return (known.index(value), "") if value in known else (len(known), value)
+
+
+def axis_sort_key(axis: str, value: str) -> tuple[int, str]:
+    """Where a value of a matrix axis (`device`, `dtype`, `variant`, `builder`) goes among its column headers."""
+    if axis == "device":  # every index of a kind together: cpu, cuda, cuda:0, cuda:1, mps
+        kind = device_kind(value)
+        return _rank(kind, AXIS_ORDER["device"])[0], f"{kind}\0{value}"
+    return _rank(value, AXIS_ORDER.get(axis, ()))
+
+
+def row_sort_key(record: Record) -> tuple[int, str, str, str]:
+    """Matrix rows: by family (torch, bitsandbytes, grokadamw, timm, then others alphabetically), then name."""
+    return (*_rank(record.family, FAMILY_ORDER), record.optimizer.casefold(), record.optimizer)
+
+
+def _sorted_axis(axis: str, values: Iterable[str]) -> list[str]:
+    return sorted(set(values), key=lambda value: axis_sort_key(axis, value))
+
+
 @dataclass(frozen=True)
 class _Column:
     index: int
@@ -131,12 +163,11 @@ class _HeaderGroup:
 
 
 def _matrix(records: Sequence[Record]) -> dict[str, Any]:
-    """Rows (optimizers) by columns (device x dtype x variant x builder), each axis in first-seen order."""
+    """Rows (optimizers, by `row_sort_key`) by columns (device x dtype x variant x builder, by `axis_sort_key`)."""
     axes = ("device", "dtype", "variant", "builder")
-    order = {axis: {v: i for i, v in enumerate(_ordered(getattr(r, axis) for r in records))} for axis in axes}
     keys = sorted(
         {tuple(getattr(r, axis) for axis in axes) for r in records},
-        key=lambda key: tuple(order[axis][v] for axis, v in zip(axes, key)),
+        key=lambda key: tuple(axis_sort_key(axis, v) for axis, v in zip(axes, key)),
     )
     columns = [_Column(i, *key) for i, key in enumerate(keys)]
     column_of = {key: i for i, key in enumerate(keys)}
@@ -151,7 +182,7 @@ def _matrix(records: Sequence[Record]) -> dict[str, Any]:
                 groups.append(_HeaderGroup(getattr(column, axis), column.index, column.index))
         levels.append(groups)
     cells_by_row: dict[str, list[int | None]] = {}
-    for i, record in enumerate(records):
+    for i, record in sorted(enumerate(records), key=lambda item: row_sort_key(item[1])):
         row = cells_by_row.setdefault(record.optimizer, [None] * len(columns))
         row[column_of[tuple(getattr(record, axis) for axis in axes)]] = i  # a repeated id: the last wins
     rows = [
@@ -244,15 +275,77 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, st
     return items
 
 
+PER_CELL_ENV_KEYS = ("optimizer_package", "optimizer_package_version", "device")
+"""Env keys that vary from cell to cell on one machine: never a reason for another environment group."""
+REDUCED_ENV_KEYS = frozenset({"python", "torch", "device"})
+"""All that the parent records for a cell whose runner died (crashed, timed out)."""
+
+
+def _is_reduced(env: Mapping[str, Any]) -> bool:
+    return set(env) <= REDUCED_ENV_KEYS
+
+
+def _machine_of(record: Record) -> tuple[str, str, str]:
+    """What even a reduced env tells: python, torch (no local suffix) and the cell's device kind."""
+    return str(record.env.get("python")), torch_version(record.env), device_kind(record.device)
+
+
 def _environments(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """One group per machine: its python, torch, device and package versions, each shown once.
+
+    Groups ignore the per-cell keys (`PER_CELL_ENV_KEYS`); a cell with only a reduced env joins the group
+    of the same python, torch version and device kind, or one of its own when there is none.
+    """
     groups: dict[str, dict[str, Any]] = {}
+    reduced: list[Record] = []
     for record in records:
-        key = json.dumps(_finite(record.env), sort_keys=True)
-        group = groups.setdefault(key, {"items": _flatten(record.env), "devices": [], "count": 0})
-        group["count"] += 1
-        if record.device not in group["devices"]:
-            group["devices"].append(record.device)
-    return list(groups.values())
+        if _is_reduced(record.env) and record.env:
+            reduced.append(record)
+            continue
+        machine = {k: v for k, v in record.env.items() if k not in PER_CELL_ENV_KEYS}
+        key = json.dumps([device_kind(record.device), _finite(machine)], sort_keys=True)
+        if key not in groups:
+            groups[key] = {"machine": _machine_of(record), "env": machine, "records": [], "reduced": 0}
+        groups[key]["records"].append(record)
+    for record in reduced:
+        home = next((g for g in groups.values() if g["machine"] == _machine_of(record)), None)
+        if home is None:
+            home = groups.setdefault(f"reduced {_machine_of(record)}", {
+                "machine": _machine_of(record), "env": {k: v for k, v in record.env.items() if k != "device"},
+                "records": [], "reduced": 0})
+        home["records"].append(record)
+        home["reduced"] += 1
+    return [_environment_view(group) for group in groups.values()]
+
+
+def _environment_view(group: Mapping[str, Any]) -> dict[str, Any]:
+    env: Mapping[str, Any] = group["env"]
+    records: list[Record] = group["records"]
+    kind = group["machine"][2]
+    items = [("device kind", kind)] + _flatten({k: v for k, v in env.items() if k != "packages"})
+    versions: dict[str, list[str]] = defaultdict(list)
+    cells: Counter[str] = Counter()
+    packages = env.get("packages")
+    if isinstance(packages, Mapping):
+        for name, version in packages.items():
+            versions[str(name)].append(_fmt(version) or "not installed")
+    for record in records:
+        name = record.env.get("optimizer_package")
+        if name is None:
+            continue
+        cells[str(name)] += 1
+        version = _fmt(record.env.get("optimizer_package_version")) or "not installed"
+        if version not in versions[str(name)]:
+            versions[str(name)].append(version)
+    return {
+        "count": len(records),
+        "devices": _sorted_axis("device", (r.device for r in records)),
+        "kind": kind,
+        "items": items,
+        "packages": [{"name": name, "versions": found, "cells": cells[name]}
+                     for name, found in sorted(versions.items(), key=lambda item: _rank(item[0], FAMILY_ORDER))],
+        "reduced": group["reduced"],
+    }
 
 
 def _step_ms(bench: Mapping[str, Any], impl: str) -> float | None:
@@ -282,48 +375,205 @@ def _parity_summary(bench: Mapping[str, Any]) -> str:
     return _bench_summary(bench.get("parity"))
 
 
-def _speedups(records: Sequence[Record]) -> list[dict[str, Any]]:
-    """Per device: a table and a bar chart of the fused speed-ups of every benchmarked record."""
-    by_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for i, record in enumerate(records):
-        if not record.bench:
+IMPL_ORDER = ("fused", "foreach", "forloop")
+CHART_KEYS = (*SPEEDUP_KEYS, "foreach/forloop")
+"""The speed-ups charted per benchmarked cell: the gate's two fused ones, then foreach over the for-loop."""
+_SETUP_KEYS = {
+    "device_name": "device name", "timer": "timer", "threads": "CPU threads", "params": "parameters benchmarked",
+    "model": "model", "warmup": "warm-up steps", "repeats": "timed steps", "device_bandwidth_gbs":
+    "device bandwidth (GB/s)", "device_bandwidth_method": "bandwidth measured by", "parity_reference":
+    "parity reference", "parity_steps": "parity steps", "peak_memory_method": "peak memory measured by",
+}
+# Keys shown per implementation or per row; any other key of a bench lands in the setup table.
+_ROW_KEYS = frozenset({
+    "device", "dtype", "implementations", "unavailable", "step_ms", "spread_ms", "speedup", "speedups",
+    "bytes_per_step", "achieved_gbs", "bandwidth_fraction", "parity", "parity_ok", "parity_breach",
+    "state_bytes_per_param", "peak_memory_bytes", "step_extra_memory_bytes",
+})
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _per_impl(bench: Mapping[str, Any], key: str, impl: str) -> Any:
+    section = bench.get(key)
+    return section.get(impl) if isinstance(section, Mapping) else None
+
+
+def _chart_speedups(bench: Mapping[str, Any]) -> dict[str, float]:
+    raw = bench.get("speedup", bench.get("speedups"))
+    raw = raw if isinstance(raw, Mapping) else {}
+    found = {key: _number(raw.get(key)) for key in CHART_KEYS}
+    return {key: value for key, value in found.items() if value is not None and value > 0}
+
+
+def _impl_names(bench: Mapping[str, Any]) -> list[str]:
+    names: list[str] = []
+    for key in ("implementations", "step_ms", "unavailable", "bandwidth_fraction", "state_bytes_per_param"):
+        section = bench.get(key)
+        if isinstance(section, Mapping):
+            names.extend(str(name) for name in section)
+    return sorted(set(names), key=lambda name: _rank(name, IMPL_ORDER))
+
+
+def _parity_of(bench: Mapping[str, Any], impl: str) -> dict[str, Any]:
+    """`✓`/`✗` with the largest differences from the reference implementation, or `reference`."""
+    found = _per_impl(bench, "parity", impl)
+    if isinstance(found, Mapping):
+        ok = found.get("ok")
+        mark = "✓" if ok is True else "✗" if ok is False else "?"
+        figures = ", ".join(f"{k} {_fmt(_number(found.get(k)))}" for k in ("max_abs", "max_rel") if k in found)
+        return {"text": f"{mark} {figures}".strip(), "ok": ok}
+    if impl == bench.get("parity_reference", "forloop"):
+        return {"text": "reference", "ok": None}
+    return {"text": "", "ok": None}
+
+
+def _impl_view(bench: Mapping[str, Any], impl: str) -> dict[str, Any]:
+    spread = _per_impl(bench, "spread_ms", impl)
+    spread = spread if isinstance(spread, Mapping) else {}
+    unavailable = _per_impl(bench, "unavailable", impl)
+    kwargs = _per_impl(bench, "implementations", impl)
+    return {
+        "name": impl,
+        "kwargs": json.dumps(_finite(kwargs), ensure_ascii=False, sort_keys=True) if kwargs is not None else "",
+        "unavailable": None if unavailable is None else str(unavailable) or "unavailable",
+        "median_ms": _step_ms(bench, impl),
+        "spread": {k: _number(spread.get(k)) for k in ("p25", "p75", "min", "max")},
+        "vs_forloop": _number((bench.get("speedup") or {}).get(f"{impl}/forloop"))
+        if isinstance(bench.get("speedup"), Mapping) else None,
+        "bytes_per_step": _number(_per_impl(bench, "bytes_per_step", impl)),
+        "achieved_gbs": _number(_per_impl(bench, "achieved_gbs", impl)),
+        "bandwidth_fraction": _number(_per_impl(bench, "bandwidth_fraction", impl)),
+        "state_bytes_per_param": _number(_per_impl(bench, "state_bytes_per_param", impl)),
+        "peak_memory_bytes": _number(_per_impl(bench, "peak_memory_bytes", impl)),
+        "step_extra_memory_bytes": _number(_per_impl(bench, "step_extra_memory_bytes", impl)),
+        "parity": _parity_of(bench, impl),
+    }
+
+
+def _bench_label(record: Record) -> str:
+    extra = "" if (record.variant, record.builder) == ("plain", "direct") else f" · {record.variant} · {record.builder}"
+    return f"{record.optimizer} · {record.dtype}{extra}"
+
+
+def _setup(benches: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """What every benchmark of a device shares (or the range it spans): how the figures were taken."""
+    rows: list[tuple[str, str]] = []
+    keys = [*_SETUP_KEYS, *sorted({k for b in benches for k in b} - set(_SETUP_KEYS) - _ROW_KEYS)]
+    for key in keys:
+        values = [b.get(key) for b in benches if b.get(key) is not None]
+        if not values:
             continue
-        speedups = bench_speedups(record.bench)
+        numbers = [n for n in map(_number, values) if n is not None]
+        if len(numbers) == len(values) and len({*numbers}) > 1:
+            text = f"{_fmt(min(numbers))} – {_fmt(max(numbers))} (median {_fmt(statistics.median(numbers))})"
+        else:
+            text = "; ".join(_ordered(_bench_summary(v) for v in values))
+        rows.append((_SETUP_KEYS.get(key, key), text))
+    tolerances = _ordered(
+        f"{b.get('dtype', '?')}: {_bench_summary(b['parity']['tolerance'])}" for b in benches
+        if isinstance(b.get("parity"), Mapping) and isinstance(b["parity"].get("tolerance"), Mapping)
+    )
+    if tolerances:
+        rows.append(("parity tolerance", "; ".join(tolerances)))
+    return rows
+
+
+def _speedups(records: Sequence[Record]) -> list[dict[str, Any]]:
+    """Per device: a summary table, a per-implementation table and a bar chart of every benchmarked record."""
+    by_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    order = sorted(range(len(records)), key=lambda i: (
+        row_sort_key(records[i]), *(axis_sort_key(a, getattr(records[i], a)) for a in ("dtype", "variant", "builder"))))
+    for i in order:
+        record = records[i]
+        if not isinstance(record.bench, Mapping) or not record.bench:
+            continue
+        impls = [_impl_view(record.bench, name) for name in _impl_names(record.bench)]
         by_device[record.device].append(
             {
                 "i": i,
                 "record": record,
-                "label": f"{record.optimizer} · {record.dtype}",
-                "speedups": speedups,
-                "step_ms": {impl: _step_ms(record.bench, impl) for impl in ("fused", "foreach", "forloop")},
+                "label": _bench_label(record),
+                "speedups": bench_speedups(record.bench),
+                "chart_speedups": _chart_speedups(record.bench),
+                "step_ms": {impl: _step_ms(record.bench, impl) for impl in IMPL_ORDER},
+                "unavailable": {v["name"]: v["unavailable"] for v in impls if v["unavailable"] is not None},
                 "bandwidth": _bench_summary(record.bench.get("bandwidth_fraction")),
                 "parity": _parity_summary(record.bench),
+                "impls": impls,
             }
         )
-    return [{"device": device, "rows": rows, "chart": _bar_chart(rows)} for device, rows in by_device.items()]
+    groups = []
+    for device in _sorted_axis("device", by_device):
+        rows = by_device[device]
+        impls = [impl for row in rows for impl in row["impls"]]
+        groups.append({
+            "device": device,
+            "rows": rows,
+            "chart": _bar_chart(rows),
+            "setup": _setup([row["record"].bench for row in rows]),
+            "has_memory": any(v["peak_memory_bytes"] is not None or v["step_extra_memory_bytes"] is not None
+                              for v in impls),
+        })
+    return groups
 
 
 def _bar_chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Geometry of a horizontal bar chart (two bars per row), drawn by the template as inline SVG."""
-    label_w, bar_w, bar_h, gap, top = 300, 360, 13, 10, 22
-    peak = max([1.0, *(v for row in rows for v in row["speedups"].values())])
-    bars, labels = [], []
+    """Geometry of a horizontal bar chart (a bar per speed-up in `CHART_KEYS`), drawn by the template as SVG.
+
+    A speed-up the bench lacks gets no empty bar: one line says why (no fused implementation, or its error).
+    """
+    label_w, bar_w, bar_h, gap, top = 340, 360, 12, 10, 34
+    peak = max([1.0, *(v for row in rows for v in row["chart_speedups"].values())])
+    bars, labels, notes = [], [], []
     y = top
     for row in rows:
-        labels.append({"x": label_w - 8, "y": y + bar_h + 2, "text": row["label"]})
-        for series, key in enumerate(SPEEDUP_KEYS):
-            value = row["speedups"].get(key)
-            width = 0.0 if value is None else bar_w * value / peak
-            text = f"{value:.2f}× vs {key.split('/')[1]}" if value is not None else f"no {key}"
-            bars.append(
-                {"x": label_w, "y": y, "w": round(width, 1), "h": bar_h, "series": series, "text": text,
-                 "tx": label_w + width + 4, "ty": y + bar_h - 3}
-            )
+        start = y
+        for series, key in enumerate(CHART_KEYS):
+            value = row["chart_speedups"].get(key)
+            if value is None:
+                continue
+            width = bar_w * value / peak
+            text = f"{value:.2f}× {key}"
+            bars.append({"x": label_w, "y": y, "w": round(width, 1), "h": bar_h, "series": series, "text": text,
+                         "tx": round(label_w + width + 4, 1), "ty": y + bar_h - 2})
             y += bar_h + 1
+        missing = [key for key in CHART_KEYS if key not in row["chart_speedups"]]
+        if missing:
+            notes.append({"x": label_w + 4, "y": y + bar_h - 2, "text": _missing_note(row, missing)})
+            y += bar_h + 1
+        labels.append({"x": label_w - 8, "y": round((start + y) / 2 + 3, 1), "text": row["label"]})
         y += gap
     one_x = label_w + bar_w / peak
-    return {"width": label_w + bar_w + 120, "height": y + 4, "bars": bars, "labels": labels, "one_x": round(one_x, 1),
-            "top": top - 6, "axis_bottom": y}
+    return {"width": label_w + bar_w + 150, "height": y + 4, "bars": bars, "labels": labels, "notes": notes,
+            "one_x": round(one_x, 1), "top": top - 6, "axis_bottom": y}
+
+
+def _missing_note(row: Mapping[str, Any], missing: list[str]) -> str:
+    """Why a speed-up has no bar: `no fused implementation`, `fused unavailable: <error>`, or `not measured`."""
+    names = {impl["name"] for impl in row["impls"]}
+    lacking = _ordered(part for key in missing for part in key.split("/") if part not in names or part in row["unavailable"])
+    if not lacking:
+        return f"{', '.join(missing)}: not measured"
+    reasons = [f"{name} unavailable: {_short(row['unavailable'][name], 80)}" if name in row["unavailable"]
+               else f"no {name} implementation" for name in lacking]
+    return "; ".join(reasons)
+
+
+def _bytes(value: float | None) -> str:
+    """`96724992` -> `92.2 MiB`; missing as an empty string."""
+    if value is None:
+        return ""
+    size, unit = float(value), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
 
 
 def render_html(
@@ -350,12 +600,13 @@ def render_html(
         gate_failed=gate_failed(verdicts or []),
         speedups=_speedups(records),
         speedup_keys=SPEEDUP_KEYS,
+        chart_keys=CHART_KEYS,
         environments=_environments(records),
         filters={
-            "device": _ordered(r.device for r in records),
-            "dtype": _ordered(r.dtype for r in records),
+            "device": _sorted_axis("device", (r.device for r in records)),
+            "dtype": _sorted_axis("dtype", (r.dtype for r in records)),
             "family": sorted({r.family for r in records}),
-            "builder": _ordered(r.builder for r in records),
+            "builder": _sorted_axis("builder", (r.builder for r in records)),
         },
         statuses=list(status_counts(records)),
         payload=_script_json(_payload(records, verdict_of)),

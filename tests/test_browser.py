@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import itertools
 import json
 import os
 import shutil
@@ -232,3 +233,61 @@ def test_take_screenshot_explains_a_missing_browser_instead_of_raising(report, t
     reason = take_screenshot(report, tmp_path / "x.png", executable=tmp_path / "no-chromium")
     assert reason is not None and ("no-chromium" in reason or "playwright" in reason)
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.fixture(scope="module")
+def wide_report(tmp_path_factory) -> Path:
+    """40 optimizers x 60 columns: far wider and taller than the window."""
+    columns = list(itertools.product(("cpu", "cuda"), ("float32", "bfloat16"),
+                                     ("plain", "fused", "foreach", "fused_false", "capturable"),
+                                     ("direct", "signature", "safe")))
+    records = [
+        Record.for_cell(Cell(f"torch.optim.Opt{o:02d}", *axes[:3], {}, axes[3]), "ok" if (o + c) % 3 else "construct_error",
+                        reason=None if (o + c) % 3 else "unexpected_kwarg", losses=[4.0, 3.0, 2.0])
+        for o in range(40) for c, axes in enumerate(columns)
+    ]
+    path = tmp_path_factory.mktemp("wide") / "report.html"
+    path.write_text(render_html(records, None, title="wide"))
+    return path
+
+
+def _box(page, selector: str) -> dict[str, float]:
+    return page.locator(selector).first.evaluate("e => { const r = e.getBoundingClientRect(); return {left: r.left, top: r.top, right: r.right}; }")
+
+
+@pytest.mark.browser
+def test_a_wide_matrix_scrolls_in_its_box_with_the_optimizer_names_and_headers_kept_in_view(browser, wide_report):
+    p = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    p.on("pageerror", lambda error: errors.append(str(error)))
+    p.goto(wide_report.as_uri(), wait_until="load")
+    sizes = p.evaluate("() => { const w = document.querySelector('.matrix-wrap');"
+                       " return {scroll: w.scrollWidth, client: w.clientWidth, page: document.documentElement.scrollWidth,"
+                       " view: window.innerWidth, tall: w.scrollHeight > w.clientHeight}; }")
+    assert sizes["scroll"] > sizes["client"] + 2000 and sizes["tall"]  # the table overflows its box ...
+    assert sizes["page"] <= sizes["view"]  # ... but not the page
+    wrap = _box(p, ".matrix-wrap")
+    name = "#matrix tbody tr.row th.opt"
+    before = _box(p, name)
+    first_cell = _box(p, "#matrix tbody tr.row td.cell")
+    p.locator(".matrix-wrap").evaluate("w => { w.scrollLeft = 1500; w.scrollTop = 1200; }")
+    after = _box(p, name)
+    assert abs(after["left"] - before["left"]) < 2  # the row header did not move with the cells ...
+    assert _box(p, "#matrix tbody tr.row td.cell")["left"] < first_cell["left"] - 1000  # ... which did
+    assert abs(_box(p, "#matrix thead tr")["top"] - wrap["top"]) < 3  # the column headers stay on top
+    assert abs(_box(p, "#matrix thead th.opt")["left"] - before["left"]) < 2  # and the corner in its corner
+    # The label of the column group scrolled into stays readable, just right of the optimizer names.
+    label = _box(p, "#matrix thead tr.level-device .grp")
+    assert after["right"] - 2 <= label["left"] <= after["right"] + 10
+    visible_name = p.evaluate("() => { const th = document.querySelector('#matrix tbody tr.row th.opt');"
+                              " const r = th.getBoundingClientRect();"
+                              " return document.elementFromPoint(r.left + 5, r.top + 5) === th; }")
+    assert visible_name is False  # the first row has scrolled up under the sticky header
+    row_name = p.evaluate("() => { const w = document.querySelector('.matrix-wrap').getBoundingClientRect();"
+                          " const e = document.elementFromPoint(w.left + 10, w.top + w.height / 2);"
+                          " return e && e.closest('th.opt') ? e.closest('th.opt').textContent : null; }")
+    assert row_name is not None and row_name.startswith("torch.optim.Opt")  # names cover the cells scrolled under them
+    p.select_option("#f-device", "cuda")
+    assert p.locator("#f-count").inner_text() == "1200 of 2400 cells shown"
+    assert errors == []
+    p.close()

@@ -14,7 +14,6 @@ from harness.execute import (
     device_absence,
     environment,
     judge_loss,
-    matches_any,
     parse_dtype,
     run_cell,
     state_bytes,
@@ -268,10 +267,12 @@ def test_state_kept_in_the_param_group_is_counted_too():
 
 def test_bench_filters_match_partially_on_singular_axis_names():
     cell = Cell("torch.optim.AdamW", "cuda", "bfloat16", "plain", {}, "direct")
-    assert matches_any(cell, [{"builder": "direct", "kwargs": "plain"}])
-    assert matches_any(cell, [{"dtype": "float32"}, {"optimizer": "torch.optim.AdamW"}])
-    assert not matches_any(cell, [{"builder": "direct", "kwargs": "fused"}])
-    assert not matches_any(cell, [])
+    assert Settings(bench={"cells": [{"builder": "direct", "kwargs": "plain"}]}).bench.selects(cell)
+    assert Settings(bench={"cells": [{"dtype": "float32"}, {"optimizer": "torch.optim.*"}]}).bench.selects(cell)
+    assert not Settings(bench={"cells": [{"builder": "direct", "kwargs": "fused"}]}).bench.selects(cell)
+    assert not Settings(bench={"cells": [{"optimizer": "timm:*"}]}).bench.selects(cell)
+    assert not Settings(bench={"cells": []}).bench.selects(cell)
+    assert not Settings(bench={"enabled": False}).bench.selects(cell)
 
 
 def test_bench_runs_only_for_ok_cells_the_filters_choose():
