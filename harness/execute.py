@@ -136,6 +136,7 @@ def train(
     for _ in range(steps):
         evaluations = 0
 
+        @torch.enable_grad()  # as torch's own optimizers do: some steps (timm's Adahessian) run under no_grad
         def closure() -> torch.Tensor:
             nonlocal evaluations
             optimizer.zero_grad()

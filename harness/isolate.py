@@ -77,7 +77,10 @@ class CellRunner:
             )
         if line == b"":
             return self._crashed(cell, elapsed)
-        return Record.from_dict(json.loads(line))
+        reply = json.loads(line)
+        if reply.get("restart"):
+            self.close()  # the runner is going away (its CUDA context is broken); the next cell gets a new one
+        return Record.from_dict(reply["record"])
 
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -202,8 +205,35 @@ def serve() -> None:
         request = json.loads(line)
         cell = Cell.from_dict(request["cell"])
         record = run_cell(cell, Settings.model_validate(request["settings"]))
-        reply.write(record.to_json() + "\n")
+        broken = _device_error(cell.device)
+        if broken is not None:
+            record = _blame(record, broken)
+        reply.write(json.dumps({"record": json.loads(record.to_json()), "restart": broken is not None}) + "\n")
         reply.flush()
+        if broken is not None:
+            return  # a CUDA error poisons the context for good: the next cell must not inherit it
+
+
+def _device_error(device: str) -> BaseException | None:
+    """The error a cell left on its device (an illegal instruction, say), found by synchronising."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    try:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+    except Exception as exc:  # noqa: BLE001 - any error here is the cell's doing
+        return exc
+    return None
+
+
+def _blame(record: Record, error: BaseException) -> Record:
+    """The cell that left its device broken fails, even if its own steps seemed to finish."""
+    note = f"The cell left a device error behind: {type(error).__name__}: {str(error).splitlines()[0]}"
+    if record.status in ("ok", "no_learning", "nonfinite"):
+        return record.replace(status="step_error", reason="other", error_type=type(error).__name__, error_message=note)
+    return record.replace(error_message=f"{record.error_message or ''}\n{note}".strip())
 
 
 def _warm_up() -> None:
