@@ -92,6 +92,18 @@ def test_an_optimizer_named_alone_leaves_its_family_and_keeps_its_own_defaults()
     ]
 
 
+def test_an_exclude_glob_may_aim_at_a_family_whose_package_is_missing() -> None:
+    # timm not installed: `timm:*` stays itself (one skipped cell), and `timm:kron*` excludes nothing
+    families = {"timm:*": ["timm:*"], "torch.optim.AdamW": ["torch.optim.AdamW"]}
+    matrix = build(optimizers=["timm:*", "torch.optim.AdamW"], exclude=[{"optimizer": "timm:kron*"}])
+
+    cells = expand_matrix(matrix, expand_optimizer=lambda name: families[name])
+
+    assert [cell.optimizer for cell in cells] == ["timm:*", "torch.optim.AdamW"]
+    with pytest.raises(MatrixError, match="matches no optimizer"):
+        expand_matrix(build(optimizers=["torch.optim.AdamW"], exclude=[{"optimizer": "timm:kron*"}]), expand_optimizer=identity)
+
+
 def test_kwargs_of_each_cell_are_its_own_copy() -> None:
     matrix = build(optimizers=["pkg.A", "pkg.B"], kwargs={"fused": {"fused": True}})
     cells = expand_matrix(matrix, expand_optimizer=identity)
