@@ -11,7 +11,6 @@ import contextlib
 import gc
 import inspect
 import math
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 
 from harness.cells import Cell
 from harness.errors import HarnessError
+from harness.memory import device_name, state_bytes_per_param
 from harness.roofline import BANDWIDTH_METHOD, bytes_moved_per_step, measure_device_bandwidth
 from harness.settings import BenchSettings, Settings, Tolerance
 
@@ -77,25 +77,6 @@ def bench_param_shapes(bench: BenchSettings) -> list[tuple[int, ...]]:
     return shapes
 
 
-def state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of every tensor in the optimizer's state, each storage counted once (shared maps included once)."""
-    seen: set[tuple[str, int]] = set()
-    total = 0
-    for state in optimizer.state.values():
-        for tensor in _tensors(state):
-            key = (str(tensor.device), tensor.untyped_storage().data_ptr())
-            if key not in seen:
-                seen.add(key)
-                total += tensor.untyped_storage().nbytes()
-    return total
-
-
-def state_bytes_per_param(optimizer: torch.optim.Optimizer) -> float:
-    """State bytes per parameter element (AdamW float32: about 8; an 8-bit Adam: about 2)."""
-    elements = sum(param.numel() for param in _unique_params(optimizer))
-    return state_bytes(optimizer) / elements if elements else 0.0
-
-
 def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> dict[str, Any] | None:
     """Time, compare and measure every implementation of `resolved` on the cell's device and dtype.
 
@@ -105,7 +86,7 @@ def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> dict[str, 
     flags = implementations(resolved.cls)
     if not flags:
         return None
-    bench = settings.bench
+    bench = settings.bench.for_device(cell.device)
     device = _device(cell)
     dtype = _dtype(cell)
     tolerance = _tolerance(bench, cell.dtype)
@@ -132,7 +113,7 @@ def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> dict[str, 
     breach = [name for name in compared if not parity[name]["ok"]]
     return {
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "dtype": cell.dtype,
         "timer": "cuda_event" if device.type == "cuda" else "perf_counter",
         "threads": bench.threads if device.type == "cpu" else None,
@@ -418,49 +399,11 @@ def _synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        return _cpu_model() or platform.processor() or platform.machine()
-    return device.type
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def _signature_names(cls: type) -> set[str]:
     try:
         return set(inspect.signature(cls).parameters)
     except (TypeError, ValueError):
         return set()
-
-
-def _unique_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    seen: dict[int, torch.Tensor] = {}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            seen.setdefault(id(param), param)
-    return list(seen.values())
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
 
 
 def _describe(exc: BaseException) -> str:

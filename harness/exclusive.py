@@ -20,25 +20,25 @@ LOCK_DIR_ENV = "HARNESS_LOCK_DIR"
 @contextmanager
 def shared() -> Iterator[None]:
     """Held while a cell trains; many cells hold it at once."""
-    with _locks() as (turnstile, machine):
-        if turnstile is None:
-            yield
-            return
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
-        fcntl.flock(machine, fcntl.LOCK_SH)
-        fcntl.flock(turnstile, fcntl.LOCK_UN)
+    with _hold(fcntl.LOCK_SH):
         yield
 
 
 @contextmanager
 def exclusive() -> Iterator[None]:
     """Held while a cell benchmarks; no cell trains meanwhile."""
+    with _hold(fcntl.LOCK_EX):
+        yield
+
+
+@contextmanager
+def _hold(mode: int) -> Iterator[None]:
     with _locks() as (turnstile, machine):
-        if turnstile is None:
+        if turnstile is None or machine is None:
             yield
             return
-        fcntl.flock(turnstile, fcntl.LOCK_EX)
-        fcntl.flock(machine, fcntl.LOCK_EX)
+        fcntl.flock(turnstile, fcntl.LOCK_EX)  # a waiting benchmark holds this, so new cells queue behind it
+        fcntl.flock(machine, mode)
         fcntl.flock(turnstile, fcntl.LOCK_UN)
         yield
 

@@ -12,7 +12,7 @@ import platform
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -21,6 +21,7 @@ from harness.build import build
 from harness.cells import Cell, Record
 from harness.classify import classify_error
 from harness.errors import HarnessError
+from harness.memory import device_name, state_bytes
 from harness.gpt import GPT, build_gpt, synthetic_batch
 from harness.resolve import MissingDependency, ResolvedOptimizer, optimizer_package_versions, resolve_optimizer
 from harness.settings import Settings
@@ -95,7 +96,7 @@ def run_cell(cell: Cell, settings: Settings) -> Record:
 
         params_finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
         status, judgement = judge_loss([*losses, final_loss], settings.train.min_rel_drop, params_finite=params_finite)
-        state = optimizer_state_bytes(optimizer)
+        state = state_bytes(optimizer)
         peak = torch.cuda.max_memory_allocated(cell.device) if cell.device.startswith("cuda") else None
     bench = None
     if status == "ok" and settings.bench.selects(cell):
@@ -190,30 +191,6 @@ def judge_loss(losses: Sequence[float], min_rel_drop: float, *, params_finite: b
     return "no_learning", f"{summary}, not the {required} drop required"
 
 
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of the optimizer's state tensors: `optimizer.state` and what its param groups hold besides `params`.
-
-    Some optimizers keep their moments in the param group (GrokAdamW: `group["state"]`), not in `optimizer.state`.
-    """
-    groups = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    return state_bytes([optimizer.state, groups])
-
-
-def state_bytes(state: Any, _seen: set[int] | None = None) -> int:
-    """Bytes held by every tensor in `state`, however nested (dicts, lists, tuples), each tensor counted once."""
-    seen = set() if _seen is None else _seen
-    if isinstance(state, torch.Tensor):
-        if id(state) in seen:
-            return 0
-        seen.add(id(state))
-        return state.nelement() * state.element_size()
-    if isinstance(state, Mapping):
-        return sum(state_bytes(v, seen) for v in state.values())
-    if isinstance(state, (list, tuple)):
-        return sum(state_bytes(v, seen) for v in state)
-    return 0
-
-
 def parse_dtype(name: str) -> torch.dtype:
     """The torch floating dtype a cell's `dtype` names (`float32`, `bfloat16`, ...)."""
     dtype = getattr(torch, name, None)
@@ -250,35 +227,12 @@ def environment(device: str, resolved: ResolvedOptimizer | None) -> dict[str, An
         "python": platform.python_version(),
         "torch": torch.__version__,
         "packages": optimizer_package_versions(),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
     }
     if resolved is not None:
         env["optimizer_package"] = resolved.package
         env["optimizer_package_version"] = resolved.version
     return env
-
-
-def _device_name(device: str) -> str:
-    try:
-        if device.startswith("cuda") and torch.cuda.is_available():
-            return torch.cuda.get_device_name(torch.device(device))
-    except (RuntimeError, AssertionError):
-        pass
-    if device == "cpu":
-        return _cpu_model() or platform.processor() or platform.machine() or "cpu"
-    return device
-
-
-def _cpu_model() -> str | None:
-    """The CPU's marketing name on Linux (`platform.processor()` only says `x86_64` there)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        return None
-    return None
 
 
 def _error_fields(exc: BaseException, cell: Cell) -> dict[str, Any]:

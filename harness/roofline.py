@@ -12,6 +12,8 @@ import time
 
 import torch
 
+from harness.memory import unique_params
+
 STREAM_MIB = {"cpu": 64, "cuda": 256}
 """Size of each tensor of the bandwidth probe: past the last-level cache, yet quick to run."""
 _DEFAULT_STREAM_MIB = 64
@@ -24,7 +26,7 @@ def bytes_moved_per_step(optimizer: torch.optim.Optimizer) -> int:
     Call it after at least one step, once the optimizer has created its lazy state.
     """
     total = 0
-    for param in _unique_params(optimizer):
+    for param in unique_params(optimizer):
         if param.grad is None:
             continue
         total += 2 * _nbytes(param) + _nbytes(param.grad)
@@ -73,14 +75,6 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
-
-
-def _unique_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    seen: dict[int, torch.Tensor] = {}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            seen.setdefault(id(param), param)
-    return list(seen.values())
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.cells import Cell
 
@@ -69,6 +71,27 @@ class BenchSettings(_Section):
         0.2, ge=0, description="the gate's `slower`: a fused speed-up this fraction under the baseline's"
     )
 
+
+    devices: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"cuda": {"d_model": 768, "n_layers": 12, "vocab_size": 50304, "seq_len": 1024}},
+        description="per device kind, bench settings that replace the ones above: a GPU needs a model the size "
+        "of GPT-2 (124M parameters) before its kernels, not their launches, dominate a step",
+    )
+
+    def for_device(self, device: str) -> "BenchSettings":
+        """These settings with the overrides for `device`'s kind (`cuda:1` -> `cuda`) applied."""
+        overrides = self.devices.get(device.split(":")[0])
+        return self.model_validate({**self.model_dump(), **overrides, "devices": {}}) if overrides else self
+
+    @field_validator("devices")
+    @classmethod
+    def _overrides_are_bench_settings(cls, devices: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for kind, overrides in devices.items():
+            unknown = set(overrides) - set(cls.model_fields) - {"devices"}
+            if unknown or "devices" in overrides:
+                raise ValueError(f"bench.devices.{kind} may only set bench settings, not {', '.join(sorted(unknown))}")
+            cls.model_validate(overrides)  # each value must be valid where it stands
+        return devices
 
     def selects(self, cell: Cell) -> bool:
         """Whether `cell` runs the benchmark after its training."""

@@ -14,8 +14,8 @@ from harness.bench import (
     bench_param_shapes,
     implementations,
     run_bench,
-    state_bytes_per_param,
 )
+from harness.memory import state_bytes_per_param
 from harness.cells import Cell
 from harness.errors import HarnessError
 from harness.roofline import bytes_moved_per_step, measure_device_bandwidth

@@ -16,7 +16,6 @@ from harness.execute import (
     judge_loss,
     parse_dtype,
     run_cell,
-    state_bytes,
 )
 from harness.resolve import MissingDependency, resolve_optimizer
 from harness.settings import Settings
@@ -248,14 +247,6 @@ def test_judge_loss_sentence_says_by_how_much():
 
 def test_judge_loss_flags_nonfinite_parameters_even_with_a_finite_loss():
     assert judge_loss([4.0, 2.0], 0.05, params_finite=False)[0] == "nonfinite"
-
-
-def test_state_bytes_counts_nested_tensors_once():
-    shared = torch.zeros(10)
-    pair = (torch.zeros(2, dtype=torch.float64), [torch.zeros(4, dtype=torch.uint8)])
-    state = {"a": {"m": shared, "step": 3, "pair": pair}}
-    assert state_bytes(state) == 40 + 16 + 4
-    assert state_bytes([state, {"again": shared}]) == 40 + 16 + 4
 
 
 @needs_grok
