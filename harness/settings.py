@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.cells import Cell
 
@@ -86,11 +87,19 @@ class BenchSettings(_Section):
     @field_validator("devices")
     @classmethod
     def _overrides_are_bench_settings(cls, devices: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        valid = sorted(set(cls.model_fields) - {"devices", "cells"})
         for kind, overrides in devices.items():
-            unknown = set(overrides) - set(cls.model_fields) - {"devices"}
-            if unknown or "devices" in overrides:
-                raise ValueError(f"bench.devices.{kind} may only set bench settings, not {', '.join(sorted(unknown))}")
-            cls.model_validate(overrides)  # each value must be valid where it stands
+            for key in overrides:
+                if key not in valid:
+                    near = difflib.get_close_matches(key, valid, n=1)
+                    hint = f" Did you mean {near[0]!r}?" if near else f" Valid: {', '.join(valid)}."
+                    raise ValueError(f"bench.devices.{kind} sets {key!r}, which is not a bench setting.{hint}")
+            try:
+                cls.model_validate(overrides)  # each value must be valid where it stands
+            except ValidationError as exc:
+                problem = exc.errors()[0]
+                where = ".".join(str(part) for part in problem["loc"])
+                raise ValueError(f"bench.devices.{kind}.{where}: {problem['msg']}") from None
         return devices
 
     def selects(self, cell: Cell) -> bool:
