@@ -38,6 +38,7 @@ class CellRunner:
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None
         self._buffer = b""
+        self._ready = False
 
     def __enter__(self) -> "CellRunner":
         return self
@@ -95,20 +96,18 @@ class CellRunner:
             self._stderr.close()
             self._stderr = None
 
+    def start(self) -> None:
+        """Start the runner now, without waiting: it imports torch while pytest collects the cells."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._spawn()
+
     def _ensure_started(self) -> subprocess.Popen[bytes]:
         """A runner that has imported torch and the optimizer packages, so a cell's time is its own."""
-        if self._proc is not None and self._proc.poll() is None:
+        if self._proc is not None and self._proc.poll() is None and self._ready:
             return self._proc
-        self.close()
-        self._stderr = tempfile.TemporaryFile()
-        self._buffer = b""
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.isolate"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
-        )
+        if self._proc is None or self._proc.poll() is not None:
+            self._spawn()
+        assert self._proc is not None
         if self._read_line(_STARTUP_TIMEOUT_S) != _READY:
             tail = self._stderr_tail()
             self._kill()
@@ -116,7 +115,21 @@ class CellRunner:
                 f"The cell runner process (python -m harness.isolate) did not start within {_STARTUP_TIMEOUT_S} s; "
                 f"check that torch imports in this environment.\n{tail}"
             )
+        self._ready = True
         return self._proc
+
+    def _spawn(self) -> None:
+        self.close()
+        self._stderr = tempfile.TemporaryFile()
+        self._buffer = b""
+        self._ready = False
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.isolate"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        )
 
     def _read_line(self, timeout_s: float) -> bytes | None:
         """The runner's next reply; b"" when it died, None when it ran out of time."""

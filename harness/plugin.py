@@ -41,6 +41,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if not is_worker and not config.getoption("matrix_resume") and _matrix_args(config) and out.exists():
         out.unlink()  # a fresh run starts a fresh results file; --resume keeps it
     config.stash[_RUNNER_KEY] = CellRunner()
+    if _matrix_args(config) and (is_worker or not _uses_xdist(config)):
+        config.stash[_RUNNER_KEY].start()  # imports torch while pytest collects
     if not is_worker and _matrix_args(config):
         config.pluginmanager.register(Progress(config), "harness-progress")
         # Workers inherit this: their benchmarks take the machine exclusively (harness.exclusive).
@@ -146,12 +148,24 @@ def _first_line(text: str | None) -> str:
 _GATE_FAILING = frozenset({"regression", "fixed", "changed", "slower"})
 
 
-def _verdict_for(config: pytest.Config, record: Record, settings: Settings) -> str:
-    from harness.baseline import load_baselines
-    from harness.verdict import judge
+def _uses_xdist(config: pytest.Config) -> bool:
+    """Whether this process is an xdist controller (its workers run the cells, not it)."""
+    return bool(getattr(config.option, "numprocesses", None)) and not getattr(config.option, "dist", "no") == "no"
 
-    baseline = load_baselines([record], Path(config.getoption("matrix_baselines")))
-    return judge([record], baseline, speedup_tolerance=settings.bench.speedup_tolerance)[0].verdict
+
+_BASELINES_KEY = pytest.StashKey[dict]()
+
+
+def _verdict_for(config: pytest.Config, record: Record, settings: Settings) -> str:
+    from harness.baseline import baseline_path, read_baseline_file, record_environment_key
+    from harness.verdict import judge_one
+
+    files = config.stash.setdefault(_BASELINES_KEY, {})  # one read per baseline file, not per cell
+    key = record_environment_key(record)
+    if key not in files:
+        files[key] = read_baseline_file(baseline_path(Path(config.getoption("matrix_baselines")), key))
+    entry = files[key].get(record.id)
+    return judge_one(record, entry, speedup_tolerance=settings.bench.speedup_tolerance).verdict
 
 
 class Progress:
