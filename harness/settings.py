@@ -74,9 +74,10 @@ class BenchSettings(_Section):
 
 
     devices: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"cuda": {"d_model": 768, "n_layers": 12, "vocab_size": 50304, "seq_len": 1024}},
-        description="per device kind, bench settings that replace the ones above: a GPU needs a model the size "
-        "of GPT-2 (124M parameters) before its kernels, not their launches, dominate a step",
+        default_factory=dict,
+        description="per device kind, bench settings that replace the ones above, e.g. `cuda: {d_model: 768, "
+        "n_layers: 12}`: a GPU needs a far larger model than a CPU before its kernels, not their launches, "
+        "dominate a step",
     )
 
     def for_device(self, device: str) -> "BenchSettings":
