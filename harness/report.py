@@ -642,7 +642,13 @@ def render_summary_md(records: list[Record], verdicts: list[Verdict] | None) -> 
     lines += ["", "| status | cells |", "| --- | ---: |"]
     lines += [f"| {status_symbol(s)} {_md(s)} | {n} |" for s, n in counts.items()]
 
-    changes = [v for v in sort_verdicts(verdicts or []) if v.verdict != "as_expected"]
+    # Cells that fail the gate (or stopped running) head the page; a first run's thousands of `new`
+    # cells are a count, not a table nobody reads.
+    changes = [v for v in sort_verdicts(verdicts or []) if v.verdict not in ("as_expected", "new")]
+    new = sum(v.verdict == "new" for v in verdicts or [])
+    if new:
+        lines += ["", f"{new} cells have no accepted outcome yet (`new`); "
+                  "`python -m harness baseline accept` makes this run the baseline."]
     if changes:
         lines += ["", "## Changes against the baseline", "", "| verdict | cell | was | now | detail |",
                   "| --- | --- | --- | --- | --- |"]

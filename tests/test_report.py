@@ -264,6 +264,13 @@ def test_the_summary_without_a_baseline_says_the_gate_was_not_checked(records):
     assert md.startswith("**Gate: not checked**") and "## Changes" not in md
 
 
+def test_a_first_run_summary_counts_new_cells_instead_of_listing_them(records):
+    md = render_summary_md(records, judge(records, {}, speedup_tolerance=0.2))
+    assert md.startswith("**Gate: passed**")
+    assert f"{len(records)} cells have no accepted outcome yet (`new`)" in md
+    assert "## Changes against the baseline" not in md
+
+
 def test_write_reports_writes_both_files(tmp_path, records, verdicts):
     paths = write_reports(records, verdicts, tmp_path / "out", title="t")
     assert paths == {"report.html": tmp_path / "out" / "report.html", "summary.md": tmp_path / "out" / "summary.md"}
