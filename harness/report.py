@@ -731,6 +731,8 @@ def render_compare_html(runs: list[tuple[str, list[Record]]], *, title: str) -> 
     for cell_id in sorted(ids):
         row = {"id": cell_id, "cells": [run.get(cell_id) for run in by_run]}
         (differing if len({outcome(c) for c in row["cells"]}) > 1 else same).append(row)
+    # A cell that ran everywhere and changed outcome is the news; one missing from a run comes after.
+    differing.sort(key=lambda row: any(cell is None for cell in row["cells"]))
     return _jinja().get_template("compare.html.j2").render(
         title=title,
         runs=[{"name": name, **_run_label(records), "count": len(records), "counts": status_counts(records)}

@@ -292,7 +292,7 @@ def test_compare_lists_the_cells_that_differ_first(records):
     html = render_compare_html([("torch 2.14", records), ("torch 2.15", newer)], title="compare")
     doc = parse(html)
     ids = [row.attrs["data-id"] for row in doc.find_all("tr") if "data-id" in row.attrs]
-    differing = sorted([records[0].id, records[-1].id])
+    differing = [records[0].id, records[-1].id]  # changed outcome first, then the one missing from a run
     assert ids[:2] == differing and sorted(ids[2:]) == ids[2:]
     assert set(ids[2:]) == {r.id for r in records} - set(differing)
     assert [r.attrs["class"] for r in doc.find_all("tr") if "data-id" in r.attrs][:3] == ["differs", "differs", "same"]
