@@ -9,6 +9,7 @@ a known incompatibility is an xfail, a regression (or an unaccepted fix) a failu
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,7 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if not is_worker and _matrix_args(config):
         config.pluginmanager.register(Progress(config), "harness-progress")
         # Workers inherit this: their benchmarks take the machine exclusively (harness.exclusive).
-        os.environ.setdefault(LOCK_DIR_ENV, str(out.parent.resolve()))
+        # One lock directory per machine, outside the reports, so two runs at once do not time each other.
+        os.environ.setdefault(LOCK_DIR_ENV, str(Path(tempfile.gettempdir()) / "harness-locks"))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
