@@ -11,9 +11,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.cells import Cell, Record
+    from harness.spec import Matrix
 
 DEFAULT_MATRIX = "matrix.yaml"
 DEFAULT_OUT = "reports"
@@ -88,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    cells = _load_cells(args.matrix, args.shard)
+    from harness.spec import load_matrix
+
+    cells = _cells_of(load_matrix(args.matrix), args.shard)
     if args.json:
         print(json.dumps([cell.to_dict() for cell in cells], indent=2))
     else:
@@ -103,8 +109,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.records import results_path
     from harness.spec import load_matrix
 
-    matrix = load_matrix(args.matrix)  # a bad matrix fails here, cleanly, before pytest starts
-    _load_cells(args.matrix, args.shard)
+    matrix = load_matrix(args.matrix)
+    _cells_of(matrix, args.shard)  # a bad matrix or shard fails here, cleanly, before pytest starts
     out = Path(args.out)
     pytest_args = [
         str(args.matrix),
@@ -213,11 +219,10 @@ def _render(results: Path, out: Path, baselines: Path, tolerance: float, screens
     return 0
 
 
-def _load_cells(matrix_path: str, shard: str | None) -> list:
+def _cells_of(matrix: Matrix, shard: str | None) -> list[Cell]:
     from harness.expand import expand_matrix, parse_shard, shard_cells
-    from harness.spec import load_matrix
 
-    cells = expand_matrix(load_matrix(matrix_path))
+    cells = expand_matrix(matrix)
     return shard_cells(cells, *parse_shard(shard)) if shard else cells
 
 
@@ -227,9 +232,8 @@ def _tolerance(value: float | None) -> float:
     return BenchSettings().speedup_tolerance if value is None else value
 
 
-def _run_label(records: list, source: str) -> str:
-    envs = {(r.env.get("torch"), r.device) for r in records if r.env}
-    torch_versions = sorted({str(t) for t, _ in envs if t})
+def _run_label(records: list[Record], source: str) -> str:
+    torch_versions = sorted({str(r.env["torch"]) for r in records if r.env.get("torch")})
     return f"torch {', '.join(torch_versions) or '?'} ({source})"
 
 
