@@ -1,4 +1,4 @@
-"""Sessions: `tests` (the suite, in parallel), `matrix` (the default matrix per torch version), `bench`.
+"""Sessions: `lint` (ruff, mypy), `tests` (the suite, in parallel), `matrix` (the default matrix per torch version), `bench`.
 
 Run `nox -l` to list them. Every session installs what it needs into its own virtualenv with pip
 (torch comes from pip's configured indexes; timm needs a matching torchvision).
@@ -28,6 +28,15 @@ def _install(session: nox.Session, torch_version: str, *extra: str) -> None:
 
 
 @nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format check) and mypy over the package, tests and benchmarks."""
+    session.install("ruff>=0.6", "mypy>=1.10", "types-PyYAML", "pydantic>=2.6", "Jinja2>=3.1", "pytest>=8")
+    session.run("ruff", "check", "harness", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "harness", "tests", "benchmarks", "noxfile.py")
+    session.run("mypy")
+
+
+@nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite, in parallel with pytest-xdist (pass pytest options after --)."""
     _install(session, LATEST, "hypothesis>=6.100", "playwright>=1.45")
@@ -40,9 +49,7 @@ def matrix(session: nox.Session, torch: str) -> None:
     """The default matrix.yaml against one torch version: results, HTML report, screenshot, gate."""
     _install(session, torch, "playwright>=1.45")
     out = Path("reports") / f"torch-{torch}"
-    session.run(
-        "python", "-m", "harness", "run", "matrix.yaml", "--out", str(out), "--screenshot", *session.posargs
-    )
+    session.run("python", "-m", "harness", "run", "matrix.yaml", "--out", str(out), "--screenshot", *session.posargs)
     session.notify("compare")
 
 

@@ -1,6 +1,6 @@
 """Print the benchmark figures of a results file: step times, speed-ups, bandwidth, parity, state memory.
 
-    python benchmarks/bench_figures.py reports/results.jsonl
+python benchmarks/bench_figures.py reports/results.jsonl
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.records import read_records, results_path  # noqa: E402
+from harness.records import read_records, results_path
 
 
 def main() -> None:
@@ -35,12 +35,20 @@ def main() -> None:
         )
         print(f"{r.optimizer} {r.device} ({b.get('device_name')}) {r.dtype} threads={b.get('threads')}")
         print(f"    step: {steps}")
-        print(f"    speed-up: {speedup or '-'}; bandwidth fraction: {bandwidth or '-'} of {b.get('device_bandwidth_gbs', 0):.0f} GB/s")
+        print(
+            f"    speed-up: {speedup or '-'}; bandwidth fraction: {bandwidth or '-'} of {b.get('device_bandwidth_gbs', 0):.0f} GB/s"
+        )
         print(f"    parity vs forloop: {parity_text or '-'}")
         if b.get("unavailable"):
             print(f"    unavailable: {b['unavailable']}")
-    state = [(r.optimizer, r.device, r.state_bytes_per_param) for r in records
-             if r.state_bytes_per_param is not None and r.variant == "plain" and r.builder == "direct" and r.dtype == "float32"]
+    state = [
+        (r.optimizer, r.device, r.state_bytes_per_param)
+        for r in records
+        if r.state_bytes_per_param is not None
+        and r.variant == "plain"
+        and r.builder == "direct"
+        and r.dtype == "float32"
+    ]
     if state:
         print("optimizer state, bytes per parameter (plain, direct, float32):")
         for name, device, per_param in sorted(state, key=lambda s: (s[1], s[0])):

@@ -19,12 +19,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.records import read_records, results_path  # noqa: E402
+from harness.records import read_records, results_path
 
 
 def measure(matrix: str, keyword: str, workers: int, out: Path) -> tuple[float, float, int, dict[str, int]]:
-    command = [sys.executable, "-m", "harness", "run", matrix, "-n", str(workers), "--out", str(out), "-k", keyword,
-               "--baselines", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "harness",
+        "run",
+        matrix,
+        "-n",
+        str(workers),
+        "--out",
+        str(out),
+        "-k",
+        keyword,
+        "--baselines",
+        str(out),
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
@@ -42,7 +55,9 @@ def measure(matrix: str, keyword: str, workers: int, out: Path) -> tuple[float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--matrix", default="matrix.yaml")
-    parser.add_argument("-k", dest="keyword", default="cpu", help="pytest -k expression choosing the cells (default: cpu)")
+    parser.add_argument(
+        "-k", dest="keyword", default="cpu", help="pytest -k expression choosing the cells (default: cpu)"
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch.utils.benchmark import Timer
@@ -38,7 +38,7 @@ def independent_step_ms(args: argparse.Namespace) -> dict[str, float]:
     optimizers = {}
     for name, flags in IMPLEMENTATIONS.items():
         copies = [p.clone().requires_grad_(True) for p in params]
-        for copy, grad in zip(copies, grads):
+        for copy, grad in zip(copies, grads, strict=False):
             copy.grad = grad.clone()
         optimizers[name] = torch.optim.AdamW(copies, **flags)
         for _ in range(args.warmup):

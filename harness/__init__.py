@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["build_optimizer", "__version__"]
+__all__ = ["__version__", "build_optimizer"]
 
 
 def __getattr__(name: str):

@@ -20,9 +20,10 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from harness.cells import Record
 from harness.errors import HarnessError
@@ -42,7 +43,7 @@ class BaselineEntry:
     speedup: Mapping[str, float] | None = field(default=None, hash=False)
 
     @classmethod
-    def from_record(cls, record: Record) -> "BaselineEntry":
+    def from_record(cls, record: Record) -> BaselineEntry:
         return cls(status=record.status, reason=record.reason, speedup=bench_speedups(record.bench) or None)
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,8 +13,9 @@ import inspect
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -101,7 +102,7 @@ def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> dict[str, 
         for name, impl_kwargs in kwargs.items():
             try:
                 parity_runs[name] = _parity_run(target, impl_kwargs, inputs)
-            except Exception as exc:  # noqa: BLE001 - any failure makes this implementation unavailable
+            except Exception as exc:
                 unavailable[name] = _describe(exc)
         step_times, moved = _time_steps(target, kwargs, inputs, bench, unavailable)
         bandwidth = measure_device_bandwidth(device)
@@ -157,7 +158,7 @@ class _Target:
         return params
 
     def attach(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        for param, grad in zip(params, grads):
+        for param, grad in zip(params, grads, strict=False):
             param.grad = grad.to(device=self.device, dtype=self.dtype, copy=True)
 
 
@@ -236,7 +237,7 @@ def _time_steps(
             for _ in range(bench.warmup):
                 optimizer.step()
             _synchronize(target.device)
-        except Exception as exc:  # noqa: BLE001 - any failure makes this implementation unavailable
+        except Exception as exc:
             unavailable[name] = _describe(exc)
             continue
         optimizers[name] = optimizer
@@ -250,7 +251,7 @@ def _time_steps(
             for name in names[shift:] + names[:shift]:
                 try:
                     times[name].append(timer(optimizers[name].step, target.device))
-                except Exception as exc:  # noqa: BLE001 - any failure makes this implementation unavailable
+                except Exception as exc:
                     unavailable[name] = _describe(exc)
                     del optimizers[name], times[name]
     moved = {name: bytes_moved_per_step(optimizer) for name, optimizer in optimizers.items()}
@@ -314,7 +315,9 @@ def _flat_copy(params: list[torch.Tensor]) -> torch.Tensor:
 
 def _speedups(medians: Mapping[str, float]) -> dict[str, float]:
     pairs = (("fused", "foreach"), ("fused", "forloop"), ("foreach", "forloop"))
-    return {f"{fast}/{slow}": medians[slow] / medians[fast] for fast, slow in pairs if fast in medians and slow in medians}
+    return {
+        f"{fast}/{slow}": medians[slow] / medians[fast] for fast, slow in pairs if fast in medians and slow in medians
+    }
 
 
 def _spread(times: list[float]) -> dict[str, float]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 AXES = ("optimizer", "device", "dtype", "kwargs", "builder")
 """Singular axis names, as `exclude`/`include` entries key them (`kwargs` names a variant)."""
@@ -80,7 +81,7 @@ class Cell:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Cell":
+    def from_dict(cls, data: Mapping[str, Any]) -> Cell:
         return cls(
             optimizer=data["optimizer"],
             device=data["device"],
@@ -126,7 +127,7 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def for_cell(cls, cell: Cell, status: str, **fields: Any) -> "Record":
+    def for_cell(cls, cell: Cell, status: str, **fields: Any) -> Record:
         axes = cell.to_dict()
         axes.pop("extra", None)
         return cls(**axes, status=status, extra=dict(cell.extra), **fields)
@@ -140,7 +141,7 @@ class Record:
         """The package an optimizer comes from (`torch`, `bitsandbytes`, `timm`, ...)."""
         return self.optimizer.split(":")[0].split(".")[0]
 
-    def replace(self, **changes: Any) -> "Record":
+    def replace(self, **changes: Any) -> Record:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,7 +152,7 @@ class Record:
         return json.dumps(_finite(self.to_dict()), sort_keys=False, allow_nan=False, default=str)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Record":
+    def from_dict(cls, data: Mapping[str, Any]) -> Record:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 

@@ -85,7 +85,7 @@ RULES: tuple[Rule, ...] = (
 def classify_error(exc: BaseException, *, device: str, dtype: str) -> str:
     """The reason a cell on `device` (e.g. `cuda:0`) in `dtype` (e.g. `bfloat16`) failed with `exc`."""
     message = f"{type(exc).__name__}: {exc}"
-    for rule, pattern in zip(RULES, _compiled(device.split(":")[0], dtype)):
+    for rule, pattern in zip(RULES, _compiled(device.split(":")[0], dtype), strict=False):
         if isinstance(exc, rule.types) and pattern.search(message):
             return rule.reason
     return "other"

@@ -10,8 +10,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from harness.errors import HarnessError
 
@@ -140,7 +141,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     pytest_args += list(args.pytest_args)
     code = pytest.main(pytest_args)
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED):
-        raise HarnessError(f"pytest stopped with exit status {int(code)} before the matrix finished; see its output above.")
+        raise HarnessError(
+            f"pytest stopped with exit status {int(code)} before the matrix finished; see its output above."
+        )
     results = results_path(out)
     if not results.exists():
         print("No cell ran (none selected); nothing to report.")

@@ -12,7 +12,8 @@ import platform
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -21,8 +22,8 @@ from harness.build import build
 from harness.cells import Cell, Record
 from harness.classify import classify_error
 from harness.errors import HarnessError
-from harness.memory import device_name, state_bytes
 from harness.gpt import GPT, build_gpt, synthetic_batch
+from harness.memory import device_name, state_bytes
 from harness.resolve import MissingDependency, ResolvedOptimizer, optimizer_package_versions, resolve_optimizer
 from harness.settings import Settings
 
@@ -55,7 +56,9 @@ def run_cell(cell: Cell, settings: Settings) -> Record:
             torch.cuda.reset_peak_memory_stats(cell.device)
         try:
             model = build_gpt(settings.model, seed=settings.train.seed, device=cell.device, dtype=dtype)
-            inputs, targets = synthetic_batch(settings.model, settings.train.batch_size, settings.train.seed, cell.device)
+            inputs, targets = synthetic_batch(
+                settings.model, settings.train.batch_size, settings.train.seed, cell.device
+            )
         except Exception as exc:  # the device cannot hold the model in this dtype: no optimizer is at fault
             return finish("skipped", **_error_fields(exc, cell), env=env)
         num_params = sum(p.numel() for p in model.parameters())

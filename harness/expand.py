@@ -6,8 +6,9 @@ import fnmatch
 import hashlib
 import itertools
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from harness.cells import AXES, Cell
 from harness.errors import HarnessError, MatrixError
@@ -37,7 +38,7 @@ def expand_matrix(matrix: Matrix, *, expand_optimizer: Expander | None = None) -
     expand = expand_optimizer or _default_expander()
     members = _members(matrix, expand)
     combinations = [
-        _Combination(entry, dict(zip(AXES, (name, *rest))), entry.line)
+        _Combination(entry, dict(zip(AXES, (name, *rest), strict=False)), entry.line)
         for (entry, name), *rest in itertools.product(
             members, matrix.devices, matrix.dtypes, matrix.kwargs, matrix.builders
         )
@@ -130,9 +131,7 @@ def _matches(rule: dict[str, Any], combination: _Combination) -> bool:
     return True
 
 
-def _check_exclude(
-    matrix: Matrix, members: list[tuple[OptimizerEntry, str]], index: int, rule: dict[str, Any]
-) -> None:
+def _check_exclude(matrix: Matrix, members: list[tuple[OptimizerEntry, str]], index: int, rule: dict[str, Any]) -> None:
     """An exclude may only name values the matrix has: anything else is a typo that would exclude nothing."""
     for axis, value in rule.items():
         line = matrix.line_of("exclude", index, axis)

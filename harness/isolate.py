@@ -40,7 +40,7 @@ class CellRunner:
         self._buffer = b""
         self._ready = False
 
-    def __enter__(self) -> "CellRunner":
+    def __enter__(self) -> CellRunner:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -236,7 +236,7 @@ def _device_error(device: str) -> BaseException | None:
     try:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.synchronize()
-    except Exception as exc:  # noqa: BLE001 - any error here is the cell's doing
+    except Exception as exc:
         return exc
     return None
 
@@ -255,7 +255,7 @@ def _warm_up() -> None:
     for module in _WARM_IMPORTS:
         try:
             importlib.import_module(module)
-        except Exception:  # noqa: BLE001 - a missing package is the cell's to report, as `skipped`
+        except Exception:
             pass
     import torch
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import platform
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -83,7 +84,11 @@ class MatrixFile(pytest.File):
         shard = self.config.getoption("matrix_shard")
         if shard:
             cells = shard_cells(cells, *parse_shard(shard))
-        done = finished_ids(results_path(self.config.getoption("matrix_out"))) if self.config.getoption("matrix_resume") else set()
+        done = (
+            finished_ids(results_path(self.config.getoption("matrix_out")))
+            if self.config.getoption("matrix_resume")
+            else set()
+        )
         for cell in cells:
             if cell.id not in done:
                 yield CellItem.from_parent(self, name=cell.id, cell=cell, settings=matrix.settings)
@@ -122,7 +127,9 @@ class CellItem(pytest.Item):
         if record.status == "skipped":
             pytest.skip(f"{record.error_message or 'skipped'}")
         if record.status != "ok":
-            pytest.xfail(f"{verdict}: {record.status} ({record.reason}): {_first_line(record.error_message or record.judgement)}")
+            pytest.xfail(
+                f"{verdict}: {record.status} ({record.reason}): {_first_line(record.error_message or record.judgement)}"
+            )
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, CellFailure):
@@ -152,7 +159,7 @@ _GATE_FAILING = frozenset({"regression", "fixed", "changed", "slower"})
 
 def _uses_xdist(config: pytest.Config) -> bool:
     """Whether this process is an xdist controller (its workers run the cells, not it)."""
-    return bool(getattr(config.option, "numprocesses", None)) and not getattr(config.option, "dist", "no") == "no"
+    return bool(getattr(config.option, "numprocesses", None)) and getattr(config.option, "dist", "no") != "no"
 
 
 _BASELINES_KEY = pytest.StashKey[dict]()

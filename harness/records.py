@@ -6,8 +6,8 @@ import fcntl
 import json
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from harness.cells import Record
 from harness.errors import HarnessError
@@ -28,7 +28,9 @@ def append_record(path: Path, record: Record) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise HarnessError(f"Cannot write results to {path}: {exc.strerror}. Choose a writable --out directory.") from exc
+        raise HarnessError(
+            f"Cannot write results to {path}: {exc.strerror}. Choose a writable --out directory."
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         written = os.write(fd, line)
@@ -47,7 +49,9 @@ def read_records(path: Path) -> list[Record]:
     try:
         text = Path(path).read_text()
     except FileNotFoundError as exc:
-        raise HarnessError(f"No results file at {path}. Run `python -m harness run` first, or pass the right path.") from exc
+        raise HarnessError(
+            f"No results file at {path}. Run `python -m harness run` first, or pass the right path."
+        ) from exc
     except OSError as exc:
         raise HarnessError(f"Cannot read results file {path}: {exc.strerror}.") from exc
     latest: dict[str, Record] = {}

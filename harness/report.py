@@ -13,9 +13,10 @@ import json
 import math
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import jinja2
 from markupsafe import Markup
@@ -167,7 +168,7 @@ def _matrix(records: Sequence[Record]) -> dict[str, Any]:
     axes = ("device", "dtype", "variant", "builder")
     keys = sorted(
         {tuple(getattr(r, axis) for axis in axes) for r in records},
-        key=lambda key: tuple(axis_sort_key(axis, v) for axis, v in zip(axes, key)),
+        key=lambda key: tuple(axis_sort_key(axis, v) for axis, v in zip(axes, key, strict=False)),
     )
     columns = [_Column(i, *key) for i, key in enumerate(keys)]
     column_of = {key: i for i, key in enumerate(keys)}
@@ -189,7 +190,7 @@ def _matrix(records: Sequence[Record]) -> dict[str, Any]:
         {"optimizer": name, "family": records[next(i for i in row if i is not None)].family, "cells": row}
         for name, row in cells_by_row.items()
     ]
-    return {"columns": columns, "levels": list(zip(axes, levels)), "rows": rows}
+    return {"columns": columns, "levels": list(zip(axes, levels, strict=False)), "rows": rows}
 
 
 class _Strings:
@@ -310,9 +311,15 @@ def _environments(records: Sequence[Record]) -> list[dict[str, Any]]:
     for record in reduced:
         home = next((g for g in groups.values() if g["machine"] == _machine_of(record)), None)
         if home is None:
-            home = groups.setdefault(f"reduced {_machine_of(record)}", {
-                "machine": _machine_of(record), "env": {k: v for k, v in record.env.items() if k != "device"},
-                "records": [], "reduced": 0})
+            home = groups.setdefault(
+                f"reduced {_machine_of(record)}",
+                {
+                    "machine": _machine_of(record),
+                    "env": {k: v for k, v in record.env.items() if k != "device"},
+                    "records": [],
+                    "reduced": 0,
+                },
+            )
         home["records"].append(record)
         home["reduced"] += 1
     return [_environment_view(group) for group in groups.values()]
@@ -322,7 +329,7 @@ def _environment_view(group: Mapping[str, Any]) -> dict[str, Any]:
     env: Mapping[str, Any] = group["env"]
     records: list[Record] = group["records"]
     kind = group["machine"][2]
-    items = [("device kind", kind)] + _flatten({k: v for k, v in env.items() if k != "packages"})
+    items = [("device kind", kind), *_flatten({k: v for k, v in env.items() if k != "packages"})]
     versions: dict[str, list[str]] = defaultdict(list)
     cells: Counter[str] = Counter()
     packages = env.get("packages")
@@ -342,8 +349,10 @@ def _environment_view(group: Mapping[str, Any]) -> dict[str, Any]:
         "devices": _sorted_axis("device", (r.device for r in records)),
         "kind": kind,
         "items": items,
-        "packages": [{"name": name, "versions": found, "cells": cells[name]}
-                     for name, found in sorted(versions.items(), key=lambda item: _rank(item[0], FAMILY_ORDER))],
+        "packages": [
+            {"name": name, "versions": found, "cells": cells[name]}
+            for name, found in sorted(versions.items(), key=lambda item: _rank(item[0], FAMILY_ORDER))
+        ],
         "reduced": group["reduced"],
     }
 
@@ -379,17 +388,41 @@ IMPL_ORDER = ("fused", "foreach", "forloop")
 CHART_KEYS = (*SPEEDUP_KEYS, "foreach/forloop")
 """The speed-ups charted per benchmarked cell: the gate's two fused ones, then foreach over the for-loop."""
 _SETUP_KEYS = {
-    "device_name": "device name", "timer": "timer", "threads": "CPU threads", "params": "parameters benchmarked",
-    "model": "model", "warmup": "warm-up steps", "repeats": "timed steps", "device_bandwidth_gbs":
-    "device bandwidth (GB/s)", "device_bandwidth_method": "bandwidth measured by", "parity_reference":
-    "parity reference", "parity_steps": "parity steps", "peak_memory_method": "peak memory measured by",
+    "device_name": "device name",
+    "timer": "timer",
+    "threads": "CPU threads",
+    "params": "parameters benchmarked",
+    "model": "model",
+    "warmup": "warm-up steps",
+    "repeats": "timed steps",
+    "device_bandwidth_gbs": "device bandwidth (GB/s)",
+    "device_bandwidth_method": "bandwidth measured by",
+    "parity_reference": "parity reference",
+    "parity_steps": "parity steps",
+    "peak_memory_method": "peak memory measured by",
 }
 # Keys shown per implementation or per row; any other key of a bench lands in the setup table.
-_ROW_KEYS = frozenset({
-    "device", "dtype", "implementations", "unavailable", "step_ms", "spread_ms", "speedup", "speedups",
-    "bytes_per_step", "achieved_gbs", "bandwidth_fraction", "parity", "parity_ok", "parity_breach",
-    "state_bytes_per_param", "peak_memory_bytes", "step_extra_memory_bytes",
-})
+_ROW_KEYS = frozenset(
+    {
+        "device",
+        "dtype",
+        "implementations",
+        "unavailable",
+        "step_ms",
+        "spread_ms",
+        "speedup",
+        "speedups",
+        "bytes_per_step",
+        "achieved_gbs",
+        "bandwidth_fraction",
+        "parity",
+        "parity_ok",
+        "parity_breach",
+        "state_bytes_per_param",
+        "peak_memory_bytes",
+        "step_extra_memory_bytes",
+    }
+)
 
 
 def _number(value: Any) -> float | None:
@@ -444,7 +477,8 @@ def _impl_view(bench: Mapping[str, Any], impl: str) -> dict[str, Any]:
         "median_ms": _step_ms(bench, impl),
         "spread": {k: _number(spread.get(k)) for k in ("p25", "p75", "min", "max")},
         "vs_forloop": _number((bench.get("speedup") or {}).get(f"{impl}/forloop"))
-        if isinstance(bench.get("speedup"), Mapping) else None,
+        if isinstance(bench.get("speedup"), Mapping)
+        else None,
         "bytes_per_step": _number(_per_impl(bench, "bytes_per_step", impl)),
         "achieved_gbs": _number(_per_impl(bench, "achieved_gbs", impl)),
         "bandwidth_fraction": _number(_per_impl(bench, "bandwidth_fraction", impl)),
@@ -475,7 +509,8 @@ def _setup(benches: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
             text = "; ".join(_ordered(_bench_summary(v) for v in values))
         rows.append((_SETUP_KEYS.get(key, key), text))
     tolerances = _ordered(
-        f"{b.get('dtype', '?')}: {_bench_summary(b['parity']['tolerance'])}" for b in benches
+        f"{b.get('dtype', '?')}: {_bench_summary(b['parity']['tolerance'])}"
+        for b in benches
         if isinstance(b.get("parity"), Mapping) and isinstance(b["parity"].get("tolerance"), Mapping)
     )
     if tolerances:
@@ -486,8 +521,13 @@ def _setup(benches: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
 def _speedups(records: Sequence[Record]) -> list[dict[str, Any]]:
     """Per device: a summary table, a per-implementation table and a bar chart of every benchmarked record."""
     by_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    order = sorted(range(len(records)), key=lambda i: (
-        row_sort_key(records[i]), *(axis_sort_key(a, getattr(records[i], a)) for a in ("dtype", "variant", "builder"))))
+    order = sorted(
+        range(len(records)),
+        key=lambda i: (
+            row_sort_key(records[i]),
+            *(axis_sort_key(a, getattr(records[i], a)) for a in ("dtype", "variant", "builder")),
+        ),
+    )
     for i in order:
         record = records[i]
         if not isinstance(record.bench, Mapping) or not record.bench:
@@ -511,14 +551,17 @@ def _speedups(records: Sequence[Record]) -> list[dict[str, Any]]:
     for device in _sorted_axis("device", by_device):
         rows = by_device[device]
         impls = [impl for row in rows for impl in row["impls"]]
-        groups.append({
-            "device": device,
-            "rows": rows,
-            "chart": _bar_chart(rows),
-            "setup": _setup([row["record"].bench for row in rows]),
-            "has_memory": any(v["peak_memory_bytes"] is not None or v["step_extra_memory_bytes"] is not None
-                              for v in impls),
-        })
+        groups.append(
+            {
+                "device": device,
+                "rows": rows,
+                "chart": _bar_chart(rows),
+                "setup": _setup([row["record"].bench for row in rows]),
+                "has_memory": any(
+                    v["peak_memory_bytes"] is not None or v["step_extra_memory_bytes"] is not None for v in impls
+                ),
+            }
+        )
     return groups
 
 
@@ -539,8 +582,18 @@ def _bar_chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 continue
             width = bar_w * value / peak
             text = f"{value:.2f}× {key}"
-            bars.append({"x": label_w, "y": y, "w": round(width, 1), "h": bar_h, "series": series, "text": text,
-                         "tx": round(label_w + width + 4, 1), "ty": y + bar_h - 2})
+            bars.append(
+                {
+                    "x": label_w,
+                    "y": y,
+                    "w": round(width, 1),
+                    "h": bar_h,
+                    "series": series,
+                    "text": text,
+                    "tx": round(label_w + width + 4, 1),
+                    "ty": y + bar_h - 2,
+                }
+            )
             y += bar_h + 1
         missing = [key for key in CHART_KEYS if key not in row["chart_speedups"]]
         if missing:
@@ -549,18 +602,32 @@ def _bar_chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
         labels.append({"x": label_w - 8, "y": round((start + y) / 2 + 3, 1), "text": row["label"]})
         y += gap
     one_x = label_w + bar_w / peak
-    return {"width": label_w + bar_w + 150, "height": y + 4, "bars": bars, "labels": labels, "notes": notes,
-            "one_x": round(one_x, 1), "top": top - 6, "axis_bottom": y}
+    return {
+        "width": label_w + bar_w + 150,
+        "height": y + 4,
+        "bars": bars,
+        "labels": labels,
+        "notes": notes,
+        "one_x": round(one_x, 1),
+        "top": top - 6,
+        "axis_bottom": y,
+    }
 
 
 def _missing_note(row: Mapping[str, Any], missing: list[str]) -> str:
     """Why a speed-up has no bar: `no fused implementation`, `fused unavailable: <error>`, or `not measured`."""
     names = {impl["name"] for impl in row["impls"]}
-    lacking = _ordered(part for key in missing for part in key.split("/") if part not in names or part in row["unavailable"])
+    lacking = _ordered(
+        part for key in missing for part in key.split("/") if part not in names or part in row["unavailable"]
+    )
     if not lacking:
         return f"{', '.join(missing)}: not measured"
-    reasons = [f"{name} unavailable: {_short(row['unavailable'][name], 80)}" if name in row["unavailable"]
-               else f"no {name} implementation" for name in lacking]
+    reasons = [
+        f"{name} unavailable: {_short(row['unavailable'][name], 80)}"
+        if name in row["unavailable"]
+        else f"no {name} implementation"
+        for name in lacking
+    ]
     return "; ".join(reasons)
 
 
@@ -583,33 +650,37 @@ def render_html(
     verdict_of = {v.id: v for v in verdicts or []}
     index_of = {record.id: i for i, record in enumerate(records)}
     listed = [v for v in sort_verdicts(verdicts or []) if v.verdict != "as_expected"]
-    return _jinja().get_template("report.html.j2").render(
-        title=title,
-        generated_at=generated_at,
-        total=len(records),
-        counts=status_counts(records),
-        matrix=_matrix(records),
-        records=records,
-        verdict_of=verdict_of,
-        has_verdicts=verdicts is not None,
-        verdict_counts=count_verdicts(verdicts or []),
-        verdict_names=VERDICTS,
-        gate_failing=[name for name in VERDICTS if name in GATE_FAILING],
-        listed_verdicts=listed,
-        index_of=index_of,
-        gate_failed=gate_failed(verdicts or []),
-        speedups=_speedups(records),
-        speedup_keys=SPEEDUP_KEYS,
-        chart_keys=CHART_KEYS,
-        environments=_environments(records),
-        filters={
-            "device": _sorted_axis("device", (r.device for r in records)),
-            "dtype": _sorted_axis("dtype", (r.dtype for r in records)),
-            "family": sorted({r.family for r in records}),
-            "builder": _sorted_axis("builder", (r.builder for r in records)),
-        },
-        statuses=list(status_counts(records)),
-        payload=_script_json(_payload(records, verdict_of)),
+    return (
+        _jinja()
+        .get_template("report.html.j2")
+        .render(
+            title=title,
+            generated_at=generated_at,
+            total=len(records),
+            counts=status_counts(records),
+            matrix=_matrix(records),
+            records=records,
+            verdict_of=verdict_of,
+            has_verdicts=verdicts is not None,
+            verdict_counts=count_verdicts(verdicts or []),
+            verdict_names=VERDICTS,
+            gate_failing=[name for name in VERDICTS if name in GATE_FAILING],
+            listed_verdicts=listed,
+            index_of=index_of,
+            gate_failed=gate_failed(verdicts or []),
+            speedups=_speedups(records),
+            speedup_keys=SPEEDUP_KEYS,
+            chart_keys=CHART_KEYS,
+            environments=_environments(records),
+            filters={
+                "device": _sorted_axis("device", (r.device for r in records)),
+                "dtype": _sorted_axis("dtype", (r.dtype for r in records)),
+                "family": sorted({r.family for r in records}),
+                "builder": _sorted_axis("builder", (r.builder for r in records)),
+            },
+            statuses=list(status_counts(records)),
+            payload=_script_json(_payload(records, verdict_of)),
+        )
     )
 
 
@@ -647,11 +718,19 @@ def render_summary_md(records: list[Record], verdicts: list[Verdict] | None) -> 
     changes = [v for v in sort_verdicts(verdicts or []) if v.verdict not in ("as_expected", "new")]
     new = sum(v.verdict == "new" for v in verdicts or [])
     if new:
-        lines += ["", f"{new} cells have no accepted outcome yet (`new`); "
-                  "`python -m harness baseline accept` makes this run the baseline."]
+        lines += [
+            "",
+            f"{new} cells have no accepted outcome yet (`new`); "
+            "`python -m harness baseline accept` makes this run the baseline.",
+        ]
     if changes:
-        lines += ["", "## Changes against the baseline", "", "| verdict | cell | was | now | detail |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "## Changes against the baseline",
+            "",
+            "| verdict | cell | was | now | detail |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         lines += [
             f"| {VERDICT_SYMBOLS.get(v.verdict, '?')} {_md(v.verdict)} | {_md(v.id)} | {_md(v.was or '—')} "
             f"| {_md(v.now)} | {_md(_short(v.detail, 240))} |"
@@ -662,8 +741,13 @@ def render_summary_md(records: list[Record], verdicts: list[Verdict] | None) -> 
 
     benched = [r for r in records if bench_speedups(r.bench)]
     if benched:
-        lines += ["", "## Fused speed-ups", "", "| device | optimizer | dtype | " + " | ".join(SPEEDUP_KEYS) + " |",
-                  "| --- | --- | --- | " + " | ".join("---:" for _ in SPEEDUP_KEYS) + " |"]
+        lines += [
+            "",
+            "## Fused speed-ups",
+            "",
+            "| device | optimizer | dtype | " + " | ".join(SPEEDUP_KEYS) + " |",
+            "| --- | --- | --- | " + " | ".join("---:" for _ in SPEEDUP_KEYS) + " |",
+        ]
         for r in benched[:_MD_ROWS]:
             figures = bench_speedups(r.bench)
             values = " | ".join(f"{figures[k]:.2f}×" if k in figures else "—" for k in SPEEDUP_KEYS)
@@ -682,8 +766,9 @@ def render_summary_md(records: list[Record], verdicts: list[Verdict] | None) -> 
             common = f" — e.g. “{_md(messages.most_common(1)[0][0])}”" if messages else ""
             shown = ", ".join(_md(r.id) for r in group[:8])
             more = f" and {len(group) - 8} more" if len(group) > 8 else ""
-            lines.append(f"- {status_symbol(status)} **{_md(status)} / {_md(reason)}** ({len(group)}): "
-                         f"{shown}{more}{common}")
+            lines.append(
+                f"- {status_symbol(status)} **{_md(status)} / {_md(reason)}** ({len(group)}): {shown}{more}{common}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -715,8 +800,11 @@ def _run_label(records: Sequence[Record]) -> dict[str, str]:
     torch_versions = _ordered(torch_version(r.env) for r in records) or ["unknown"]
     kinds = _ordered(device_kind(r.device) for r in records)
     names = _ordered(str(r.env.get("device_name")) for r in records if r.env.get("device_name"))
-    return {"torch": ", ".join(torch_versions), "devices": ", ".join(kinds) or "no cells",
-            "device_names": ", ".join(names)}
+    return {
+        "torch": ", ".join(torch_versions),
+        "devices": ", ".join(kinds) or "no cells",
+        "device_names": ", ".join(names),
+    }
 
 
 def render_compare_html(runs: list[tuple[str, list[Record]]], *, title: str) -> str:
@@ -733,11 +821,17 @@ def render_compare_html(runs: list[tuple[str, list[Record]]], *, title: str) -> 
         (differing if len({outcome(c) for c in row["cells"]}) > 1 else same).append(row)
     # A cell that ran everywhere and changed outcome is the news; one missing from a run comes after.
     differing.sort(key=lambda row: any(cell is None for cell in row["cells"]))
-    return _jinja().get_template("compare.html.j2").render(
-        title=title,
-        runs=[{"name": name, **_run_label(records), "count": len(records), "counts": status_counts(records)}
-              for name, records in runs],
-        differing=differing,
-        same=same,
-        short=_short,
+    return (
+        _jinja()
+        .get_template("compare.html.j2")
+        .render(
+            title=title,
+            runs=[
+                {"name": name, **_run_label(records), "count": len(records), "counts": status_counts(records)}
+                for name, records in runs
+            ],
+            differing=differing,
+            same=same,
+            short=_short,
+        )
     )

@@ -16,9 +16,10 @@ import importlib
 import importlib.metadata
 import inspect
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from harness.errors import HarnessError, UnknownOptimizerError
 

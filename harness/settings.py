@@ -67,11 +67,12 @@ class BenchSettings(_Section):
     threads: int = Field(1, ge=1, description="torch CPU threads while timing on CPU")
     parity_steps: int = Field(3, ge=1)
     tolerances: dict[str, Tolerance] = Field(default_factory=_default_tolerances)
-    timeout_s: float = Field(120.0, gt=0, description="time a cell may take for its benchmark, on top of train.timeout_s")
+    timeout_s: float = Field(
+        120.0, gt=0, description="time a cell may take for its benchmark, on top of train.timeout_s"
+    )
     speedup_tolerance: float = Field(
         0.2, ge=0, description="the gate's `slower`: a fused speed-up this fraction under the baseline's"
     )
-
 
     devices: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -80,7 +81,7 @@ class BenchSettings(_Section):
         "dominate a step",
     )
 
-    def for_device(self, device: str) -> "BenchSettings":
+    def for_device(self, device: str) -> BenchSettings:
         """These settings with the overrides for `device`'s kind (`cuda:1` -> `cuda`) applied."""
         overrides = self.devices.get(device.split(":")[0])
         return self.model_validate({**self.model_dump(), **overrides, "devices": {}}) if overrides else self

@@ -5,9 +5,10 @@ from __future__ import annotations
 import difflib
 import re
 import typing
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Mapping
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -293,12 +294,12 @@ def _check_nodes(root: yaml.Node, path: Path) -> dict[KeyPath, int]:
                         line=line,
                     )
                 first_line[key.value] = line
-                lines[where + (key.value,)] = line
-                stack.append((value, where + (key.value,)))
+                lines[(*where, key.value)] = line
+                stack.append((value, (*where, key.value)))
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
-                lines[where + (index,)] = item.start_mark.line + 1
-                stack.append((item, where + (index,)))
+                lines[(*where, index)] = item.start_mark.line + 1
+                stack.append((item, (*where, index)))
     return lines
 
 

@@ -16,8 +16,8 @@ Verdicts, most severe first:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from harness.baseline import SPEEDUP_KEYS, BaselineEntry, bench_speedups
 from harness.cells import Record

@@ -25,8 +25,15 @@ CPU_ENV = {"python": "3.11.7", "torch": "2.14.1+cpu"}
 CUDA_ENV = {"python": "3.11.7", "torch": "2.11.0+cu130", "device_name": "NVIDIA H100"}
 
 
-def record(optimizer: str = "torch.optim.AdamW", status: str = "ok", *, device: str = "cpu", variant: str = "plain",
-           env: dict | None = None, **fields) -> Record:
+def record(
+    optimizer: str = "torch.optim.AdamW",
+    status: str = "ok",
+    *,
+    device: str = "cpu",
+    variant: str = "plain",
+    env: dict | None = None,
+    **fields,
+) -> Record:
     cell = Cell(optimizer, device, "float32", variant, {}, "direct")
     return Record.for_cell(cell, status, env=env if env is not None else CPU_ENV, **fields)
 
@@ -84,7 +91,9 @@ def test_the_file_is_sorted_stable_and_readable(tmp_path):
     assert list(document["cells"]) == sorted(document["cells"])
     assert document["cells"]["z.Opt-cpu-float32-plain-direct"] == {"status": "ok"}  # no nulls, no empty speedup
     assert document["cells"]["a.Opt-cpu-float32-plain-direct"] == {
-        "status": "step_error", "reason": "unsupported_dtype"}
+        "status": "step_error",
+        "reason": "unsupported_dtype",
+    }
 
 
 def test_accept_merges_into_the_existing_file(tmp_path):
@@ -133,8 +142,10 @@ def test_loading_a_missing_file_is_an_empty_baseline(tmp_path):
         ('{"environment": "x"}', "no `cells` object"),
         ('["a"]', "no `cells` object"),
         ('{"cells": {"a.Opt-cpu-float32-plain-direct": {"reason": "other"}}}', "malformed entry for cell 'a.Opt"),
-        ('{"cells": {"a.Opt-cpu-float32-plain-direct": {"status": "ok", "speedup": {"fused/foreach": "fast"}}}}',
-         "malformed entry"),
+        (
+            '{"cells": {"a.Opt-cpu-float32-plain-direct": {"status": "ok", "speedup": {"fused/foreach": "fast"}}}}',
+            "malformed entry",
+        ),
     ],
 )
 def test_a_malformed_baseline_names_the_file_and_the_fix(tmp_path, text, words):

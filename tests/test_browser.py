@@ -53,7 +53,9 @@ def _run(command: list[str], timeout: int) -> str | None:
     """None when the command succeeded, else the tail of what it printed."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         return str(exc)
     return None if done.returncode == 0 else (done.stderr or done.stdout).strip()[-300:]
@@ -82,7 +84,8 @@ def _ensure_chromium() -> str | None:
             failure = _run(["apt-get", "install", "-y", "-qq", "chromium"], timeout=900)
         if not CHROMIUM.is_file():  # a fresh machine may have no package lists yet
             failure = _run(["apt-get", "update", "-qq"], timeout=300) or _run(
-                ["apt-get", "install", "-y", "-qq", "chromium"], timeout=900)
+                ["apt-get", "install", "-y", "-qq", "chromium"], timeout=900
+            )
     return None if CHROMIUM.is_file() else f"No Chromium at {CHROMIUM}; apt-get install chromium failed: {failure}"
 
 
@@ -238,13 +241,23 @@ def test_take_screenshot_explains_a_missing_browser_instead_of_raising(report, t
 @pytest.fixture(scope="module")
 def wide_report(tmp_path_factory) -> Path:
     """40 optimizers x 60 columns: far wider and taller than the window."""
-    columns = list(itertools.product(("cpu", "cuda"), ("float32", "bfloat16"),
-                                     ("plain", "fused", "foreach", "fused_false", "capturable"),
-                                     ("direct", "signature", "safe")))
+    columns = list(
+        itertools.product(
+            ("cpu", "cuda"),
+            ("float32", "bfloat16"),
+            ("plain", "fused", "foreach", "fused_false", "capturable"),
+            ("direct", "signature", "safe"),
+        )
+    )
     records = [
-        Record.for_cell(Cell(f"torch.optim.Opt{o:02d}", *axes[:3], {}, axes[3]), "ok" if (o + c) % 3 else "construct_error",
-                        reason=None if (o + c) % 3 else "unexpected_kwarg", losses=[4.0, 3.0, 2.0])
-        for o in range(40) for c, axes in enumerate(columns)
+        Record.for_cell(
+            Cell(f"torch.optim.Opt{o:02d}", *axes[:3], {}, axes[3]),
+            "ok" if (o + c) % 3 else "construct_error",
+            reason=None if (o + c) % 3 else "unexpected_kwarg",
+            losses=[4.0, 3.0, 2.0],
+        )
+        for o in range(40)
+        for c, axes in enumerate(columns)
     ]
     path = tmp_path_factory.mktemp("wide") / "report.html"
     path.write_text(render_html(records, None, title="wide"))
@@ -252,7 +265,9 @@ def wide_report(tmp_path_factory) -> Path:
 
 
 def _box(page, selector: str) -> dict[str, float]:
-    return page.locator(selector).first.evaluate("e => { const r = e.getBoundingClientRect(); return {left: r.left, top: r.top, right: r.right}; }")
+    return page.locator(selector).first.evaluate(
+        "e => { const r = e.getBoundingClientRect(); return {left: r.left, top: r.top, right: r.right}; }"
+    )
 
 
 @pytest.mark.browser
@@ -261,9 +276,11 @@ def test_a_wide_matrix_scrolls_in_its_box_with_the_optimizer_names_and_headers_k
     errors: list[str] = []
     p.on("pageerror", lambda error: errors.append(str(error)))
     p.goto(wide_report.as_uri(), wait_until="load")
-    sizes = p.evaluate("() => { const w = document.querySelector('.matrix-wrap');"
-                       " return {scroll: w.scrollWidth, client: w.clientWidth, page: document.documentElement.scrollWidth,"
-                       " view: window.innerWidth, tall: w.scrollHeight > w.clientHeight}; }")
+    sizes = p.evaluate(
+        "() => { const w = document.querySelector('.matrix-wrap');"
+        " return {scroll: w.scrollWidth, client: w.clientWidth, page: document.documentElement.scrollWidth,"
+        " view: window.innerWidth, tall: w.scrollHeight > w.clientHeight}; }"
+    )
     assert sizes["scroll"] > sizes["client"] + 2000 and sizes["tall"]  # the table overflows its box ...
     assert sizes["page"] <= sizes["view"]  # ... but not the page
     wrap = _box(p, ".matrix-wrap")
@@ -279,13 +296,17 @@ def test_a_wide_matrix_scrolls_in_its_box_with_the_optimizer_names_and_headers_k
     # The label of the column group scrolled into stays readable, just right of the optimizer names.
     label = _box(p, "#matrix thead tr.level-device .grp")
     assert after["right"] - 2 <= label["left"] <= after["right"] + 10
-    visible_name = p.evaluate("() => { const th = document.querySelector('#matrix tbody tr.row th.opt');"
-                              " const r = th.getBoundingClientRect();"
-                              " return document.elementFromPoint(r.left + 5, r.top + 5) === th; }")
+    visible_name = p.evaluate(
+        "() => { const th = document.querySelector('#matrix tbody tr.row th.opt');"
+        " const r = th.getBoundingClientRect();"
+        " return document.elementFromPoint(r.left + 5, r.top + 5) === th; }"
+    )
     assert visible_name is False  # the first row has scrolled up under the sticky header
-    row_name = p.evaluate("() => { const w = document.querySelector('.matrix-wrap').getBoundingClientRect();"
-                          " const e = document.elementFromPoint(w.left + 10, w.top + w.height / 2);"
-                          " return e && e.closest('th.opt') ? e.closest('th.opt').textContent : null; }")
+    row_name = p.evaluate(
+        "() => { const w = document.querySelector('.matrix-wrap').getBoundingClientRect();"
+        " const e = document.elementFromPoint(w.left + 10, w.top + w.height / 2);"
+        " return e && e.closest('th.opt') ? e.closest('th.opt').textContent : null; }"
+    )
     assert row_name is not None and row_name.startswith("torch.optim.Opt")  # names cover the cells scrolled under them
     p.select_option("#f-device", "cuda")
     assert p.locator("#f-count").inner_text() == "1200 of 2400 cells shown"

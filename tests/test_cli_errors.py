@@ -41,7 +41,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], subp
     cwd = tmp_path_factory.mktemp("cwd")
     calls = [(str(path),) for path in [*BAD, MISSING, PLAIN]] + [(str(path), "--json") for path in JSON]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = dict(zip(calls, pool.map(lambda call: harness_list(*call, cwd=cwd), calls)))
+        results = dict(zip(calls, pool.map(lambda call: harness_list(*call, cwd=cwd), calls), strict=False))
     results[("cwd",)] = subprocess.CompletedProcess(args=[], returncode=0, stdout=str(cwd))
     return results
 
@@ -105,9 +105,11 @@ def test_list_json_gives_every_cell_with_its_axes(runs, path: Path) -> None:
     cells = json.loads(result.stdout)
     assert cells and len({cell["id"] for cell in cells}) == len(cells)
     for data in cells:
-        assert {"id", "optimizer", "device", "dtype", "kwargs", "variant", "builder"} <= set(data) <= {
-            "id", "optimizer", "device", "dtype", "kwargs", "variant", "builder", "extra"
-        }
+        assert (
+            {"id", "optimizer", "device", "dtype", "kwargs", "variant", "builder"}
+            <= set(data)
+            <= {"id", "optimizer", "device", "dtype", "kwargs", "variant", "builder", "extra"}
+        )
         assert isinstance(data["kwargs"], dict)
         assert Cell.from_dict(data).id == data["id"]
 

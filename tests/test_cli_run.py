@@ -7,7 +7,9 @@ compare work as the README says.
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import os
 import shutil
 import signal
@@ -41,7 +43,9 @@ def lines_of(path: Path) -> list[dict]:
 
 
 def test_every_fault_costs_one_cell_and_the_run_goes_on(tmp_path: Path) -> None:
-    done = harness("run", str(MATRICES / "faults.yaml"), "-n", "2", "--out", str(tmp_path), "--baselines", str(tmp_path))
+    done = harness(
+        "run", str(MATRICES / "faults.yaml"), "-n", "2", "--out", str(tmp_path), "--baselines", str(tmp_path)
+    )
 
     assert done.returncode == 0, done.stdout + done.stderr  # no baseline: every cell is new, the gate passes
     assert "Traceback" not in done.stderr
@@ -70,8 +74,22 @@ def test_every_fault_costs_one_cell_and_the_run_goes_on(tmp_path: Path) -> None:
 
 def test_results_survive_kill_9_and_resume_runs_only_the_rest(tmp_path: Path) -> None:
     matrix = str(MATRICES / "small.yaml")
-    command = [sys.executable, "-m", "harness", "run", matrix, "-n", "2", "--out", str(tmp_path), "--baselines", str(tmp_path)]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "harness",
+        "run",
+        matrix,
+        "-n",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--baselines",
+        str(tmp_path),
+    ]
+    proc = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     results = tmp_path / "results.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and (not results.exists() or len(results.read_text().splitlines()) < 3):
@@ -118,12 +136,31 @@ def test_shards_cover_every_cell_once_and_merge_joins_them(tmp_path: Path) -> No
     matrix = str(MATRICES / "small.yaml")
     listed = set(harness("list", matrix).stdout.split())
     shards = [harness("list", matrix, "--shard", f"{i}/3").stdout.split() for i in (1, 2, 3)]
-    assert sorted(sum(shards, [])) == sorted(listed)
+    assert sorted(functools.reduce(operator.iadd, shards, [])) == sorted(listed)
 
     for i in (1, 2):
-        done = harness("run", matrix, "-n", "0", "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}"), "--baselines", str(tmp_path))
+        done = harness(
+            "run",
+            matrix,
+            "-n",
+            "0",
+            "--shard",
+            f"{i}/2",
+            "--out",
+            str(tmp_path / f"s{i}"),
+            "--baselines",
+            str(tmp_path),
+        )
         assert done.returncode == 0, done.stdout + done.stderr
-    merged = harness("merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(tmp_path / "all"), "--baselines", str(tmp_path))
+    merged = harness(
+        "merge",
+        str(tmp_path / "s1"),
+        str(tmp_path / "s2"),
+        "--out",
+        str(tmp_path / "all"),
+        "--baselines",
+        str(tmp_path),
+    )
 
     assert merged.returncode == 0, merged.stdout + merged.stderr
     assert set(statuses(tmp_path / "all")) == listed
@@ -137,9 +174,24 @@ def test_plain_pytest_collects_a_matrix_file_and_k_selects_cells(tmp_path: Path)
     matrix = tmp_path / "matrix.yaml"
     shutil.copy(MATRICES / "small.yaml", matrix)
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", str(matrix), "-p", "harness.plugin", "-k", "optim.AdamW and safe", "-q",
-         f"--matrix-out={tmp_path / 'out'}", f"--matrix-baselines={tmp_path}", f"--junitxml={tmp_path / 'junit.xml'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(matrix),
+            "-p",
+            "harness.plugin",
+            "-k",
+            "optim.AdamW and safe",
+            "-q",
+            f"--matrix-out={tmp_path / 'out'}",
+            f"--matrix-baselines={tmp_path}",
+            f"--junitxml={tmp_path / 'junit.xml'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     got = statuses(tmp_path / "out")

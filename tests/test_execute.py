@@ -298,7 +298,7 @@ def test_environment_without_an_optimizer():
 def _raised(action) -> BaseException:
     try:
         action()
-    except BaseException as exc:  # noqa: BLE001 - the exception is the value under test
+    except BaseException as exc:
         return exc
     raise AssertionError("expected the action to raise")
 

@@ -101,7 +101,9 @@ def test_an_exclude_glob_may_aim_at_a_family_whose_package_is_missing() -> None:
 
     assert [cell.optimizer for cell in cells] == ["timm:*", "torch.optim.AdamW"]
     with pytest.raises(MatrixError, match="matches no optimizer"):
-        expand_matrix(build(optimizers=["torch.optim.AdamW"], exclude=[{"optimizer": "timm:kron*"}]), expand_optimizer=identity)
+        expand_matrix(
+            build(optimizers=["torch.optim.AdamW"], exclude=[{"optimizer": "timm:kron*"}]), expand_optimizer=identity
+        )
 
 
 def test_kwargs_of_each_cell_are_its_own_copy() -> None:
@@ -510,9 +512,7 @@ def matrices(draw: st.DrawFn) -> dict[str, Any]:
         return st.fixed_dictionaries({}, optional={axis: st.sampled_from(choices) for axis, choices in values.items()})
 
     exclude = draw(st.lists(partial(axes).filter(bool), max_size=3))
-    extending = st.builds(
-        lambda rule, note: {**rule, "note": note}, partial(axes), st.integers(0, 3)
-    )
+    extending = st.builds(lambda rule, note: {**rule, "note": note}, partial(axes), st.integers(0, 3))
     wider = {**axes, "device": _DEVICES, "dtype": _DTYPES}  # a new combination may use values off the axes
     adding = st.fixed_dictionaries({axis: st.sampled_from(choices) for axis, choices in wider.items()})
     include = draw(
@@ -538,10 +538,7 @@ def _matches(rule: dict[str, Any], combination: dict[str, str]) -> bool:
 
 def _expected(data: dict[str, Any]) -> tuple[list[dict[str, str]], list[dict[str, str]], bool]:
     """The product, the combinations left after excludes, and whether some include needs every axis but lacks one."""
-    product = [
-        dict(zip(AXES, values))
-        for values in itertools.product(*(data[key] for key in _PLURALS))
-    ]
+    product = [dict(zip(AXES, values, strict=False)) for values in itertools.product(*(data[key] for key in _PLURALS))]
     kept = [c for c in product if not any(_matches(rule, c) for rule in data["exclude"])]
     incomplete = any(
         not any(_matches(rule, c) for c in kept) and not set(AXES) <= set(rule) for rule in data["include"]
@@ -594,7 +591,7 @@ def test_exclude_removes_only_what_it_matches_and_include_never_changes_an_axis(
 
     originals = [{axis: cell.axis(axis) for axis in AXES} for cell in cells[: len(kept)]]
     assert originals == kept  # every combination no exclude matches survives, in order, axes untouched
-    for cell, combination in zip(cells, kept):
+    for cell, combination in zip(cells, kept, strict=False):
         notes = [rule["note"] for rule in data["include"] if "note" in rule and _matches(rule, combination)]
         assert cell.extra.get("note") == (notes[-1] if notes else None)  # the last matching include wins
         assert cell.kwargs == {"tag": cell.variant}

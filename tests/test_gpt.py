@@ -29,8 +29,8 @@ def test_same_seed_same_weights_other_seed_other_weights():
     a = build_gpt(MODEL, seed=1, device="cpu", dtype=torch.float32)
     b = build_gpt(MODEL, seed=1, device="cpu", dtype=torch.float32)
     c = build_gpt(MODEL, seed=2, device="cpu", dtype=torch.float32)
-    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
-    assert not all(torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters()))
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=False))
+    assert not all(torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters(), strict=False))
 
 
 def test_building_leaves_the_global_random_state_alone():
@@ -65,7 +65,7 @@ def test_batch_is_deterministic_and_targets_are_the_next_tokens():
 def test_next_token_is_a_function_of_the_token():
     inputs, targets = synthetic_batch(MODEL, 8, seed=0, device="cpu")
     rule: dict[int, int] = {}
-    for token, following in zip(inputs.flatten().tolist(), targets.flatten().tolist()):
+    for token, following in zip(inputs.flatten().tolist(), targets.flatten().tolist(), strict=False):
         assert rule.setdefault(token, following) == following
 
 

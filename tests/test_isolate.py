@@ -53,7 +53,8 @@ def test_a_device_error_left_behind_fails_the_cell_that_left_it() -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "words"), [(-11, "signal SIGSEGV (-11)"), (-6, "signal SIGABRT (-6)"), (3, "exit status 3"), (None, "unknown")]
+    ("code", "words"),
+    [(-11, "signal SIGSEGV (-11)"), (-6, "signal SIGABRT (-6)"), (3, "exit status 3"), (None, "unknown")],
 )
 def test_exits_are_described_in_words(code: int | None, words: str) -> None:
     assert words in _describe_exit(code)

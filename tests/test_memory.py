@@ -26,7 +26,12 @@ def test_state_in_param_groups_and_shared_storages_count_once() -> None:
     param = torch.nn.Parameter(torch.zeros(10))
     optimizer = torch.optim.SGD([param], lr=0.1)
     shared = torch.zeros(10)
-    optimizer.state[param] = {"m": shared, "view": shared[:5], "step": 3, "pair": (torch.zeros(2, dtype=torch.float64),)}
+    optimizer.state[param] = {
+        "m": shared,
+        "view": shared[:5],
+        "step": 3,
+        "pair": (torch.zeros(2, dtype=torch.float64),),
+    }
     optimizer.param_groups[0]["state"] = [torch.zeros(4, dtype=torch.uint8), shared]  # GrokAdamW's habit
 
     assert state_bytes(optimizer) == 40 + 16 + 4

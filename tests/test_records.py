@@ -14,7 +14,9 @@ from harness.records import append_record, finished_ids, read_records, results_p
 
 
 def record(i: int, status: str = "ok") -> Record:
-    return Record.for_cell(Cell(f"pkg.Opt{i}", "cpu", "float32", "plain", {"lr": 0.1}, "direct"), status, losses=[1.0, float("nan")])
+    return Record.for_cell(
+        Cell(f"pkg.Opt{i}", "cpu", "float32", "plain", {"lr": 0.1}, "direct"), status, losses=[1.0, float("nan")]
+    )
 
 
 def _append_many(path: str, start: int) -> None:
@@ -24,7 +26,9 @@ def _append_many(path: str, start: int) -> None:
 
 def test_concurrent_appends_never_interleave(tmp_path: Path) -> None:
     path = tmp_path / "results.jsonl"
-    workers = [multiprocessing.get_context("spawn").Process(target=_append_many, args=(str(path), k * 200)) for k in range(3)]
+    workers = [
+        multiprocessing.get_context("spawn").Process(target=_append_many, args=(str(path), k * 200)) for k in range(3)
+    ]
     for w in workers:
         w.start()
     for w in workers:

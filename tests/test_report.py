@@ -35,7 +35,7 @@ VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "met
 class Node:
     tag: str
     attrs: dict[str, str | None]
-    children: list["Node | str"] = field(default_factory=list)
+    children: list[Node | str] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -47,7 +47,7 @@ class Node:
             if isinstance(child, Node):
                 yield from child.iter()
 
-    def find_all(self, tag: str, **attrs: str) -> list["Node"]:
+    def find_all(self, tag: str, **attrs: str) -> list[Node]:
         """Elements with this tag whose attributes hold these values (`class_` matches one class)."""
         found = []
         for node in self.iter():
@@ -212,8 +212,12 @@ def test_speedups_are_tabled_and_charted_per_device(html):
     assert [h.text for h in section.find_all("h3")] == ["cpu"]
     assert "1.60×" in section.text and "3.20×" in section.text
     [row] = section.find_all("table", class_="speedup-table")[0].find_all("tbody")[0].find_all("tr")
-    assert [td.text for td in row.find_all("td")[7:]] == ["1.6", "3.2", "fused 0.41, foreach 0.26, forloop 0.13",
-                                                          "✓ within tolerance"]
+    assert [td.text for td in row.find_all("td")[7:]] == [
+        "1.6",
+        "3.2",
+        "fused 0.41, foreach 0.26, forloop 0.13",
+        "✓ within tolerance",
+    ]
     [chart] = section.find_all("svg", class_="speedup-chart")
     bars = [r for r in chart.find_all("rect") if r.attrs.get("class") in ("bar0", "bar1") and r.find_all("title")]
     assert len(bars) == 2 and float(bars[1].attrs["width"]) == pytest.approx(2 * float(bars[0].attrs["width"]))
@@ -230,11 +234,25 @@ def test_two_thousand_cells_stay_small_and_store_each_traceback_once(records):
     cells = []
     for i in range(2000):
         template = records[i % len(records)]
-        cell = Cell(f"pkg.Opt{i // 40}", "cpu" if i % 2 else "cuda", template.dtype, f"v{i // 2 % 5}",
-                    {}, ("direct", "signature", "safe", "pkg.mod:build")[i // 10 % 4])
-        cells.append(Record.for_cell(cell, template.status, reason=template.reason, error_message=template.error_message,
-                                     traceback=traceback if template.status != "ok" else None,
-                                     losses=[4.0 - 0.1 * k for k in range(25)], env=template.env))
+        cell = Cell(
+            f"pkg.Opt{i // 40}",
+            "cpu" if i % 2 else "cuda",
+            template.dtype,
+            f"v{i // 2 % 5}",
+            {},
+            ("direct", "signature", "safe", "pkg.mod:build")[i // 10 % 4],
+        )
+        cells.append(
+            Record.for_cell(
+                cell,
+                template.status,
+                reason=template.reason,
+                error_message=template.error_message,
+                traceback=traceback if template.status != "ok" else None,
+                losses=[4.0 - 0.1 * k for k in range(25)],
+                env=template.env,
+            )
+        )
     started = time.perf_counter()
     big = render_html(cells, judge(cells, {}, speedup_tolerance=0.2), title="big")
     elapsed = time.perf_counter() - started
@@ -250,11 +268,11 @@ def test_the_summary_leads_with_the_gate_and_the_changes(records, verdicts):
     for status, n in status_counts(records).items():
         row = f"| {STATUS_SYMBOLS[status]} {status} | {n} |".replace("_", "\\_")
         assert row in md.splitlines()
-    changes = md[md.index("## Changes against the baseline"):md.index("## Fused speed-ups")]
+    changes = md[md.index("## Changes against the baseline") : md.index("## Fused speed-ups")]
     rows = [line.split("|")[1].strip() for line in changes.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[1:5] == ["▼ regression", "▲ fixed", "↔ changed", "↘ slower"]
     assert "| cpu | torch.optim.AdamW | float32 | 1.60× | 3.20× |" in md
-    failures = md[md.index("## Failing cells by reason"):]
+    failures = md[md.index("## Failing cells by reason") :]
     assert "**construct\\_error / unexpected\\_kwarg** (1)" in failures
     assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
 
@@ -314,8 +332,9 @@ MACHINE_ENV = {
 PACKAGE_OF = {"torch": "2.14.1", "bitsandbytes": "0.50.2", "grokadamw": "0.1.2", "timm": "1.0.31"}
 
 
-def make_record(optimizer, device="cpu", dtype="float32", variant="plain", builder="direct", status="ok", env=None,
-                **fields) -> Record:
+def make_record(
+    optimizer, device="cpu", dtype="float32", variant="plain", builder="direct", status="ok", env=None, **fields
+) -> Record:
     """A record as the harness writes it: the machine's env plus the optimizer's own package."""
     if env is None:
         family = optimizer.split(":")[0].split(".")[0]
@@ -344,22 +363,44 @@ def test_matrix_rows_and_columns_follow_a_fixed_order_whatever_the_arrival_order
     variants = ["zeta_variant", "fused_false", "custom", "foreach", "plain", "fused"]
     builders = ["pkg.mod:build", "safe", "signature", "direct"]
     records = [make_record("torch.optim.SGD", *axes) for axes in itertools.product(devices, dtypes, variants, builders)]
-    names = ["timm:adan", "zeta.Opt", "grokadamw.GrokAdamW", "bitsandbytes.optim.Adam8bit", "torch.optim.ASGD",
-             "torch.optim.AdamW", "torch.optim.Adam", "apex.optimizers.FusedAdam", "bitsandbytes.optim.AdamW"]
+    names = [
+        "timm:adan",
+        "zeta.Opt",
+        "grokadamw.GrokAdamW",
+        "bitsandbytes.optim.Adam8bit",
+        "torch.optim.ASGD",
+        "torch.optim.AdamW",
+        "torch.optim.Adam",
+        "apex.optimizers.FusedAdam",
+        "bitsandbytes.optim.AdamW",
+    ]
     records += [make_record(name, "cuda", "bfloat16", "foreach", "safe") for name in names]
     random.Random(7).shuffle(records)
 
     html = render_html(records, None, title="order")
     [matrix] = parse(html).find_all("table", id="matrix")
     rows = [tr.find_all("th")[0].text for tr in matrix.find_all("tr", class_="row")]
-    assert rows == ["torch.optim.Adam", "torch.optim.AdamW", "torch.optim.ASGD", "torch.optim.SGD",
-                    "bitsandbytes.optim.Adam8bit", "bitsandbytes.optim.AdamW", "grokadamw.GrokAdamW", "timm:adan",
-                    "apex.optimizers.FusedAdam", "zeta.Opt"]
+    assert rows == [
+        "torch.optim.Adam",
+        "torch.optim.AdamW",
+        "torch.optim.ASGD",
+        "torch.optim.SGD",
+        "bitsandbytes.optim.Adam8bit",
+        "bitsandbytes.optim.AdamW",
+        "grokadamw.GrokAdamW",
+        "timm:adan",
+        "apex.optimizers.FusedAdam",
+        "zeta.Opt",
+    ]
     keys = column_keys(matrix)
-    assert keys == list(itertools.product(
-        ["cpu", "cuda", "cuda:1"], ["float32", "bfloat16", "float16"],
-        ["plain", "fused", "foreach", "fused_false", "custom", "zeta_variant"],
-        ["direct", "signature", "safe", "pkg.mod:build"]))
+    assert keys == list(
+        itertools.product(
+            ["cpu", "cuda", "cuda:1"],
+            ["float32", "bfloat16", "float16"],
+            ["plain", "fused", "foreach", "fused_false", "custom", "zeta_variant"],
+            ["direct", "signature", "safe", "pkg.mod:build"],
+        )
+    )
     # Every cell sits under the headers of its own device, dtype, variant and builder.
     for tr in matrix.find_all("tr", class_="row"):
         optimizer = tr.find_all("th")[0].text
@@ -370,14 +411,24 @@ def test_matrix_rows_and_columns_follow_a_fixed_order_whatever_the_arrival_order
     random.Random(8).shuffle(records)
     assert _matrix_html(render_html(records, None, title="order")) == _matrix_html(html)
     doc = parse(html)
-    assert [o.text for o in doc.find_all("select", id="f-device")[0].find_all("option")] == ["all", "cpu", "cuda", "cuda:1"]
+    assert [o.text for o in doc.find_all("select", id="f-device")[0].find_all("option")] == [
+        "all",
+        "cpu",
+        "cuda",
+        "cuda:1",
+    ]
     assert [o.text for o in doc.find_all("select", id="f-builder")[0].find_all("option")] == [
-        "all", "direct", "signature", "safe", "pkg.mod:build"]
+        "all",
+        "direct",
+        "signature",
+        "safe",
+        "pkg.mod:build",
+    ]
 
 
 def _matrix_html(html: str) -> str:
     start = html.index('<table id="matrix">')
-    section = html[start:html.index("</table>", start)]
+    section = html[start : html.index("</table>", start)]
     return re.sub(r' data-i="\d+"', "", section)  # the index into the records follows the arrival order
 
 
@@ -389,24 +440,46 @@ def test_environment_is_one_group_per_machine_with_package_versions_shown_once()
         make_record("timm:adopt", dtype="bfloat16"),
         # The runner died: the parent only knows python, torch (no local suffix) and the device.
         make_record("timm:lamb", status="timeout", env={"python": "3.11.7", "torch": "2.14.1", "device": "cpu"}),
-        make_record("torch.optim.AdamW", device="cuda", env={**MACHINE_ENV, "device_name": "NVIDIA H100 <80GB>",
-                                                             "optimizer_package": "torch",
-                                                             "optimizer_package_version": "2.14.1"}),
-        make_record("timm:lamb", device="cuda:1", status="crashed",
-                    env={"python": "3.11.7", "torch": "2.14.1", "device": "cuda:1"}),
-        make_record("grokadamw.GrokAdamW", status="crashed", env={"python": "3.11.7", "torch": "2.15.0", "device": "cpu"}),
+        make_record(
+            "torch.optim.AdamW",
+            device="cuda",
+            env={
+                **MACHINE_ENV,
+                "device_name": "NVIDIA H100 <80GB>",
+                "optimizer_package": "torch",
+                "optimizer_package_version": "2.14.1",
+            },
+        ),
+        make_record(
+            "timm:lamb",
+            device="cuda:1",
+            status="crashed",
+            env={"python": "3.11.7", "torch": "2.14.1", "device": "cuda:1"},
+        ),
+        make_record(
+            "grokadamw.GrokAdamW", status="crashed", env={"python": "3.11.7", "torch": "2.15.0", "device": "cpu"}
+        ),
     ]
     html = render_html(records, None, title="env")
     [section] = parse(html).find_all("section", id="environment")
     groups = section.find_all("div", class_="env-group")
     assert [g.find_all("h3")[0].text for g in groups] == ["5 cells on cpu", "2 cells on cuda, cuda:1", "1 cells on cpu"]
     cpu, cuda, other = groups
-    items = {tr.find_all("th")[0].text: tr.find_all("td")[0].text for tr in cpu.find_all("table", class_="env")[0].find_all("tr")}
+    items = {
+        tr.find_all("th")[0].text: tr.find_all("td")[0].text
+        for tr in cpu.find_all("table", class_="env")[0].find_all("tr")
+    }
     assert items == {"device kind": "cpu", "python": "3.11.7", "torch": "2.14.1+cu130", "device_name": "AMD EPYC"}
-    packages = [[c.text for c in tr.children if isinstance(c, Node)]
-                for tr in cpu.find_all("table", class_="env-packages")[0].find_all("tbody")[0].find_all("tr")]
-    assert packages == [["torch", "2.14.1", "1"], ["bitsandbytes", "0.50.2", "1"], ["grokadamw", "0.1.2", "0"],
-                        ["timm", "1.0.31", "2"]]
+    packages = [
+        [c.text for c in tr.children if isinstance(c, Node)]
+        for tr in cpu.find_all("table", class_="env-packages")[0].find_all("tbody")[0].find_all("tr")
+    ]
+    assert packages == [
+        ["torch", "2.14.1", "1"],
+        ["bitsandbytes", "0.50.2", "1"],
+        ["grokadamw", "0.1.2", "0"],
+        ["timm", "1.0.31", "2"],
+    ]
     assert "1 of these cells" in cpu.find_all("p", class_="env-reduced")[0].text
     assert "optimizer_package" not in section.text
     assert "NVIDIA H100 <80GB>" in cuda.text and "&lt;80GB&gt;" in html
@@ -415,27 +488,42 @@ def test_environment_is_one_group_per_machine_with_package_versions_shown_once()
 
 
 BENCH_ADAMW = {
-    "device": "cpu", "device_name": "AMD EPYC", "dtype": "float32", "timer": "perf_counter", "threads": 1,
-    "params": 3454464, "model": {"d_model": 256, "n_layers": 4, "vocab_size": 1024, "seq_len": 128},
-    "warmup": 5, "repeats": 30,
-    "implementations": {"fused": {"lr": 0.01, "fused": True, "foreach": False},
-                        "foreach": {"lr": 0.01, "foreach": True, "fused": False},
-                        "forloop": {"lr": 0.01, "fused": False, "foreach": False}},
+    "device": "cpu",
+    "device_name": "AMD EPYC",
+    "dtype": "float32",
+    "timer": "perf_counter",
+    "threads": 1,
+    "params": 3454464,
+    "model": {"d_model": 256, "n_layers": 4, "vocab_size": 1024, "seq_len": 128},
+    "warmup": 5,
+    "repeats": 30,
+    "implementations": {
+        "fused": {"lr": 0.01, "fused": True, "foreach": False},
+        "foreach": {"lr": 0.01, "foreach": True, "fused": False},
+        "forloop": {"lr": 0.01, "fused": False, "foreach": False},
+    },
     "unavailable": {},
     "step_ms": {"fused": 2.6393875, "foreach": 7.6942555, "forloop": 6.950163},
-    "spread_ms": {"fused": {"p25": 2.57863, "p75": 2.668358, "min": 2.465405, "max": 2.872859},
-                  "foreach": {"p25": 7.598456, "p75": 7.797997, "min": 7.475231, "max": 12.069631},
-                  "forloop": {"p25": 6.873401, "p75": 7.026093, "min": 6.812358, "max": 7.15693}},
+    "spread_ms": {
+        "fused": {"p25": 2.57863, "p75": 2.668358, "min": 2.465405, "max": 2.872859},
+        "foreach": {"p25": 7.598456, "p75": 7.797997, "min": 7.475231, "max": 12.069631},
+        "forloop": {"p25": 6.873401, "p75": 7.026093, "min": 6.812358, "max": 7.15693},
+    },
     "speedup": {"fused/foreach": 2.915167, "fused/forloop": 2.633248, "foreach/forloop": 0.903292},
     "bytes_per_step": {"fused": 96724992, "foreach": 96724992, "forloop": 96724992},
     "achieved_gbs": {"fused": 36.646757, "foreach": 12.571066, "forloop": 13.916939},
     "device_bandwidth_gbs": 45.751853,
     "device_bandwidth_method": "median of in-place dst.add_(src) on float32 tensors, counting 2 reads + 1 write",
     "bandwidth_fraction": {"fused": 0.800990, "foreach": 0.274766, "forloop": 0.304183},
-    "parity": {"fused": {"max_abs": 1.4901161e-08, "max_rel": 0.327869, "ok": True},
-               "foreach": {"max_abs": 0.0, "max_rel": 0.0, "ok": True},
-               "tolerance": {"atol": 1e-05, "rtol": 0.0001}},
-    "parity_reference": "forloop", "parity_steps": 3, "parity_ok": True, "parity_breach": [],
+    "parity": {
+        "fused": {"max_abs": 1.4901161e-08, "max_rel": 0.327869, "ok": True},
+        "foreach": {"max_abs": 0.0, "max_rel": 0.0, "ok": True},
+        "tolerance": {"atol": 1e-05, "rtol": 0.0001},
+    },
+    "parity_reference": "forloop",
+    "parity_steps": 3,
+    "parity_ok": True,
+    "parity_breach": [],
     "state_bytes_per_param": {"fused": 8.0000602, "foreach": 8.0000602, "forloop": 8.0000602},
     "peak_memory_bytes": {"fused": None, "foreach": None, "forloop": None},
     "step_extra_memory_bytes": {"fused": None, "foreach": None, "forloop": None},
@@ -444,22 +532,59 @@ BENCH_ADAMW = {
 
 
 def _bench_records() -> list[Record]:
-    adafactor = {**BENCH_ADAMW, "implementations": {k: v for k, v in BENCH_ADAMW["implementations"].items() if k != "fused"},
-                 "speedup": {"foreach/forloop": 0.873893}, "device_bandwidth_gbs": 44.494159,
-                 **{key: {k: v for k, v in BENCH_ADAMW[key].items() if k != "fused"} for key in (
-                     "step_ms", "spread_ms", "bytes_per_step", "achieved_gbs", "bandwidth_fraction", "parity",
-                     "state_bytes_per_param", "peak_memory_bytes", "step_extra_memory_bytes")}}
-    bf16 = {**BENCH_ADAMW, "dtype": "bfloat16", "unavailable": {"fused": f"RuntimeError: {XSS}"},
-            "speedup": {"foreach/forloop": 1.02}, "parity_ok": False, "parity_breach": ["foreach"],
-            "parity": {"foreach": {"max_abs": 0.5, "max_rel": 2.0, "ok": False}, "tolerance": {"atol": 0.05, "rtol": 0.05}},
-            "new_figure": 1.5,
-            **{key: {k: v for k, v in BENCH_ADAMW[key].items() if k != "fused"} for key in (
-                "step_ms", "spread_ms", "bytes_per_step", "achieved_gbs", "bandwidth_fraction",
-                "state_bytes_per_param", "peak_memory_bytes", "step_extra_memory_bytes")}}
-    cuda = {**BENCH_ADAMW, "device": "cuda", "device_name": "NVIDIA H100", "timer": "cuda_event", "threads": None,
-            "peak_memory_bytes": {"fused": 3 * 2**30, "foreach": 2**31, "forloop": 2**31},
-            "step_extra_memory_bytes": {"fused": 0, "foreach": 512 * 2**20, "forloop": 0},
-            "peak_memory_method": "torch.cuda.max_memory_allocated"}
+    adafactor = {
+        **BENCH_ADAMW,
+        "implementations": {k: v for k, v in BENCH_ADAMW["implementations"].items() if k != "fused"},
+        "speedup": {"foreach/forloop": 0.873893},
+        "device_bandwidth_gbs": 44.494159,
+        **{
+            key: {k: v for k, v in BENCH_ADAMW[key].items() if k != "fused"}
+            for key in (
+                "step_ms",
+                "spread_ms",
+                "bytes_per_step",
+                "achieved_gbs",
+                "bandwidth_fraction",
+                "parity",
+                "state_bytes_per_param",
+                "peak_memory_bytes",
+                "step_extra_memory_bytes",
+            )
+        },
+    }
+    bf16 = {
+        **BENCH_ADAMW,
+        "dtype": "bfloat16",
+        "unavailable": {"fused": f"RuntimeError: {XSS}"},
+        "speedup": {"foreach/forloop": 1.02},
+        "parity_ok": False,
+        "parity_breach": ["foreach"],
+        "parity": {"foreach": {"max_abs": 0.5, "max_rel": 2.0, "ok": False}, "tolerance": {"atol": 0.05, "rtol": 0.05}},
+        "new_figure": 1.5,
+        **{
+            key: {k: v for k, v in BENCH_ADAMW[key].items() if k != "fused"}
+            for key in (
+                "step_ms",
+                "spread_ms",
+                "bytes_per_step",
+                "achieved_gbs",
+                "bandwidth_fraction",
+                "state_bytes_per_param",
+                "peak_memory_bytes",
+                "step_extra_memory_bytes",
+            )
+        },
+    }
+    cuda = {
+        **BENCH_ADAMW,
+        "device": "cuda",
+        "device_name": "NVIDIA H100",
+        "timer": "cuda_event",
+        "threads": None,
+        "peak_memory_bytes": {"fused": 3 * 2**30, "foreach": 2**31, "forloop": 2**31},
+        "step_extra_memory_bytes": {"fused": 0, "foreach": 512 * 2**20, "forloop": 0},
+        "peak_memory_method": "torch.cuda.max_memory_allocated",
+    }
     return [
         make_record("torch.optim.AdamW", device="cuda", bench=cuda),
         make_record("torch.optim.Adafactor", bench=adafactor),
@@ -478,20 +603,37 @@ def test_speedups_show_every_figure_of_a_real_bench_per_implementation():
     groups = section.find_all("div", class_="bench-group")
     assert [g.attrs["data-device"] for g in groups] == ["cpu", "cuda"]
     cpu = groups[0]
-    summary = [_texts(tr) for tr in cpu.find_all("table", class_="speedup-table")[0].find_all("tbody")[0].find_all("tr")]
-    assert [row[:2] for row in summary] == [["torch.optim.Adafactor", "float32"], ["torch.optim.AdamW", "float32"],
-                                            ["torch.optim.AdamW", "bfloat16"]]
+    summary = [
+        _texts(tr) for tr in cpu.find_all("table", class_="speedup-table")[0].find_all("tbody")[0].find_all("tr")
+    ]
+    assert [row[:2] for row in summary] == [
+        ["torch.optim.Adafactor", "float32"],
+        ["torch.optim.AdamW", "float32"],
+        ["torch.optim.AdamW", "bfloat16"],
+    ]
     assert summary[0][4:7] == ["—", "—", "—"]
     assert summary[1][4:9] == ["2.92×", "2.63×", "2.64", "7.69", "6.95"]
     assert summary[2][6] == "unavailable" and summary[2][10] == "✗ off: foreach"
 
     impl_rows = cpu.find_all("table", class_="bench-impl-table")[0].find_all("tbody")[0].find_all("tr")
     assert len(impl_rows) == 2 + 3 + 3
-    assert [_texts(tr)[:2] for tr in impl_rows[:2]] == [["torch.optim.Adafactor · float32", "foreach"], ["forloop", '{"foreach": false, "fused": false, "lr": 0.01}']]
+    assert [_texts(tr)[:2] for tr in impl_rows[:2]] == [
+        ["torch.optim.Adafactor · float32", "foreach"],
+        ["forloop", '{"foreach": false, "fused": false, "lr": 0.01}'],
+    ]
     fused, foreach, forloop = (_texts(tr) for tr in impl_rows[2:5])
     assert fused[0] == "torch.optim.AdamW · float32" and fused[1] == "fused"
     # median ms, p25 – p75, × vs for-loop, moved / step, GB/s, bandwidth fraction, state bytes / param, parity
-    assert fused[3:] == ["2.64", "2.58 – 2.67", "2.63×", "92.2 MiB", "36.6", "80.1%", "8", "✓ max_abs 1.49e-08, max_rel 0.328"]
+    assert fused[3:] == [
+        "2.64",
+        "2.58 – 2.67",
+        "2.63×",
+        "92.2 MiB",
+        "36.6",
+        "80.1%",
+        "8",
+        "✓ max_abs 1.49e-08, max_rel 0.328",
+    ]
     assert foreach[2:] == ["7.69", "7.6 – 7.8", "0.90×", "92.2 MiB", "12.6", "27.5%", "8", "✓ max_abs 0, max_rel 0"]
     assert forloop[2:] == ["6.95", "6.87 – 7.03", "", "92.2 MiB", "13.9", "30.4%", "8", "reference"]
     assert '"fused": true' in fused[2]
@@ -508,10 +650,19 @@ def test_speedups_show_every_figure_of_a_real_bench_per_implementation():
     assert setup["new_figure"] == "1.5"  # a figure this page does not know still shows
 
     [chart] = cpu.find_all("svg", class_="speedup-chart")
-    widths = {r.find_all("title")[0].text: float(r.attrs["width"]) for r in chart.find_all("rect") if r.find_all("title")}
-    assert set(widths) == {"2.92× fused/foreach", "2.63× fused/forloop", "0.90× foreach/forloop",
-                           "1.02× foreach/forloop", "0.87× foreach/forloop"}
-    assert widths["2.92× fused/foreach"] == pytest.approx(widths["0.90× foreach/forloop"] * 2.915167 / 0.903292, rel=0.01)
+    widths = {
+        r.find_all("title")[0].text: float(r.attrs["width"]) for r in chart.find_all("rect") if r.find_all("title")
+    }
+    assert set(widths) == {
+        "2.92× fused/foreach",
+        "2.63× fused/forloop",
+        "0.90× foreach/forloop",
+        "1.02× foreach/forloop",
+        "0.87× foreach/forloop",
+    }
+    assert widths["2.92× fused/foreach"] == pytest.approx(
+        widths["0.90× foreach/forloop"] * 2.915167 / 0.903292, rel=0.01
+    )
     notes = [t.text for t in chart.find_all("text", class_="note")]
     assert notes == ["no fused implementation", f"fused unavailable: RuntimeError: {XSS}"]
 
@@ -520,15 +671,21 @@ def test_speedups_show_every_figure_of_a_real_bench_per_implementation():
     assert "peak memory" in head and "step extra memory" in head
     cuda_fused = _texts(cuda.find_all("table", class_="bench-impl-table")[0].find_all("tbody")[0].find_all("tr")[0])
     assert cuda_fused[-3:-1] == ["3.0 GiB", "0 B"]
-    assert _texts(cuda.find_all("table", class_="bench-impl-table")[0].find_all("tbody")[0].find_all("tr")[1])[-3:-1] == [
-        "2.0 GiB", "512.0 MiB"]
+    assert _texts(cuda.find_all("table", class_="bench-impl-table")[0].find_all("tbody")[0].find_all("tr")[1])[
+        -3:-1
+    ] == ["2.0 GiB", "512.0 MiB"]
 
 
 def _big_run(n_optimizers: int = 60) -> list[Record]:
     """3600 cells shaped like a real run: 60 optimizers x 60 columns, failures with their own tracebacks."""
-    columns = list(itertools.product(("cpu", "cuda"), ("float32", "bfloat16"),
-                                     ("plain", "fused", "foreach", "fused_false", "capturable"),
-                                     ("direct", "signature", "safe")))
+    columns = list(
+        itertools.product(
+            ("cpu", "cuda"),
+            ("float32", "bfloat16"),
+            ("plain", "fused", "foreach", "fused_false", "capturable"),
+            ("direct", "signature", "safe"),
+        )
+    )
     records = []
     for o in range(n_optimizers):
         family = ("torch", "bitsandbytes", "timm", "grokadamw")[o % 4]
@@ -536,17 +693,35 @@ def _big_run(n_optimizers: int = 60) -> list[Record]:
         traceback = "Traceback (most recent call last):\n" + f'  File "{family}/opt{o}.py", line {o}, in step\n' * 40
         for c, (device, dtype, variant, builder) in enumerate(columns):
             failing = (o + c) % 4 == 0
-            bench = ({**BENCH_ADAMW, "device": device, "dtype": dtype}
-                     if (variant, builder) == ("plain", "direct") and o % 2 == 0 else None)
-            records.append(make_record(
-                name, device, dtype, variant, builder, status="construct_error" if failing else "ok",
-                reason="unexpected_kwarg" if failing else None,
-                error_type="TypeError" if failing else None,
-                error_message=f"Opt{o}.__init__() got an unexpected keyword argument '{variant}'" if failing else None,
-                traceback=traceback + f"TypeError: {variant}\n" if failing else None,
-                losses=[] if failing else [4.0 - 0.05 * k for k in range(25)], bench=bench,
-                num_params=3454464, state_bytes=27635712, state_bytes_per_param=8.0,
-                construct_s=0.0012, steps_s=0.35, duration_s=0.4))
+            bench = (
+                {**BENCH_ADAMW, "device": device, "dtype": dtype}
+                if (variant, builder) == ("plain", "direct") and o % 2 == 0
+                else None
+            )
+            records.append(
+                make_record(
+                    name,
+                    device,
+                    dtype,
+                    variant,
+                    builder,
+                    status="construct_error" if failing else "ok",
+                    reason="unexpected_kwarg" if failing else None,
+                    error_type="TypeError" if failing else None,
+                    error_message=f"Opt{o}.__init__() got an unexpected keyword argument '{variant}'"
+                    if failing
+                    else None,
+                    traceback=traceback + f"TypeError: {variant}\n" if failing else None,
+                    losses=[] if failing else [4.0 - 0.05 * k for k in range(25)],
+                    bench=bench,
+                    num_params=3454464,
+                    state_bytes=27635712,
+                    state_bytes_per_param=8.0,
+                    construct_s=0.0012,
+                    steps_s=0.35,
+                    duration_s=0.4,
+                )
+            )
     return records
 
 

@@ -18,11 +18,18 @@ FAILING = [s for s in STATUSES if s not in ("ok", "skipped")]
 ENV = {"torch": "2.14.1+cpu"}
 
 
-def record(status: str = "ok", reason: str | None = None, *, optimizer: str = "torch.optim.AdamW",
-           speedup: dict[str, float] | None = None, **fields) -> Record:
+def record(
+    status: str = "ok",
+    reason: str | None = None,
+    *,
+    optimizer: str = "torch.optim.AdamW",
+    speedup: dict[str, float] | None = None,
+    **fields,
+) -> Record:
     bench = {"speedup": speedup} if speedup is not None else None
-    return Record.for_cell(Cell(optimizer, "cpu", "float32", "plain", {}, "direct"), status, reason=reason,
-                           bench=bench, env=ENV, **fields)
+    return Record.for_cell(
+        Cell(optimizer, "cpu", "float32", "plain", {}, "direct"), status, reason=reason, bench=bench, env=ENV, **fields
+    )
 
 
 def verdict_of(now: Record, was: BaselineEntry | None, tolerance: float = 0.2) -> Verdict:
@@ -74,22 +81,28 @@ def test_failing_with_the_same_status_and_another_reason_is_changed(was, now):
 
 
 def test_a_speedup_drop_beyond_the_tolerance_is_slower():
-    v = verdict_of(record(speedup={"fused/foreach": 1.5, "fused/forloop": 3.0}),
-                   BaselineEntry("ok", speedup={"fused/foreach": 2.0, "fused/forloop": 3.0}), tolerance=0.2)
+    v = verdict_of(
+        record(speedup={"fused/foreach": 1.5, "fused/forloop": 3.0}),
+        BaselineEntry("ok", speedup={"fused/foreach": 2.0, "fused/forloop": 3.0}),
+        tolerance=0.2,
+    )
     assert v.verdict == "slower" and v.fails_gate
     assert "fused/foreach 1.50x < 2.00x" in v.detail and "fused/forloop" not in v.detail
 
 
 @pytest.mark.parametrize("now", [1.61, 2.0, 5.0])
 def test_a_speedup_within_the_tolerance_or_faster_is_as_expected(now):
-    v = verdict_of(record(speedup={"fused/forloop": now}), BaselineEntry("ok", speedup={"fused/forloop": 2.0}),
-                   tolerance=0.2)
+    v = verdict_of(
+        record(speedup={"fused/forloop": now}), BaselineEntry("ok", speedup={"fused/forloop": 2.0}), tolerance=0.2
+    )
     assert v.verdict == "as_expected"
 
 
 def test_speedups_measured_only_once_are_not_compared():
-    assert verdict_of(record(speedup={"fused/foreach": 0.1}), BaselineEntry("ok", speedup={"fused/forloop": 9.0})
-                      ).verdict == "as_expected"
+    assert (
+        verdict_of(record(speedup={"fused/foreach": 0.1}), BaselineEntry("ok", speedup={"fused/forloop": 9.0})).verdict
+        == "as_expected"
+    )
     assert verdict_of(record(), BaselineEntry("ok", speedup={"fused/forloop": 9.0})).verdict == "as_expected"
 
 
@@ -108,8 +121,10 @@ def test_skipped_now_after_a_real_outcome_is_not_run_and_passes(was):
 
 
 def test_skipped_both_times_is_as_expected():
-    assert verdict_of(record("skipped", "missing_dependency"), BaselineEntry("skipped", "missing_dependency")
-                      ).verdict == "as_expected"
+    assert (
+        verdict_of(record("skipped", "missing_dependency"), BaselineEntry("skipped", "missing_dependency")).verdict
+        == "as_expected"
+    )
 
 
 @pytest.mark.parametrize("status", ["ok", *FAILING])
@@ -138,8 +153,14 @@ def test_sort_verdicts_puts_regressions_first():
 # ----------------------------------------------------------------------------------------- properties
 
 verdicts_strategy = st.lists(
-    st.builds(Verdict, id=st.text(max_size=5), verdict=st.sampled_from(VERDICTS), was=st.none(), now=st.just("ok"),
-              detail=st.just("")),
+    st.builds(
+        Verdict,
+        id=st.text(max_size=5),
+        verdict=st.sampled_from(VERDICTS),
+        was=st.none(),
+        now=st.just("ok"),
+        detail=st.just(""),
+    ),
     max_size=20,
 )
 
@@ -155,14 +176,15 @@ def test_the_gate_fails_exactly_when_a_verdict_is_gate_failing(verdicts):
 
 @st.composite
 def runs(draw) -> list[Record]:
-    names = draw(st.lists(st.sampled_from(["AdamW", "SGD", "Lion", "GrokAdamW", "AdamW8bit"]), unique=True,
-                          min_size=1))
+    names = draw(st.lists(st.sampled_from(["AdamW", "SGD", "Lion", "GrokAdamW", "AdamW8bit"]), unique=True, min_size=1))
     records = []
     for name in names:
         status = draw(st.sampled_from(STATUSES))
         reason = None if status == "ok" else draw(st.none() | st.sampled_from(REASONS))
-        speedup = draw(st.none() | st.fixed_dictionaries(
-            {}, optional={k: st.floats(0.01, 100) for k in ("fused/foreach", "fused/forloop")}))
+        speedup = draw(
+            st.none()
+            | st.fixed_dictionaries({}, optional={k: st.floats(0.01, 100) for k in ("fused/foreach", "fused/forloop")})
+        )
         records.append(record(status, reason, optimizer=f"pkg.{name}", speedup=speedup))
     return records
 

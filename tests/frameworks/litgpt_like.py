@@ -8,7 +8,8 @@ added unconditionally to take that path on any device.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
