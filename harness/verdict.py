@@ -22,11 +22,7 @@ from dataclasses import dataclass
 from harness.baseline import SPEEDUP_KEYS, BaselineEntry, bench_speedups
 from harness.cells import Record
 from harness.errors import HarnessError
-
-VERDICTS = ("regression", "fixed", "changed", "slower", "new", "not_run", "as_expected")
-"""Every verdict, most severe first (the order reports list them in)."""
-
-GATE_FAILING = frozenset({"regression", "fixed", "changed", "slower"})
+from harness.vocabulary import GATE_FAILING, VERDICTS
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,11 @@ from types import SimpleNamespace
 import pytest
 
 from harness.baseline import BaselineEntry
-from harness.cells import STATUSES, Cell, Record
+from harness.cells import Cell, Record
 from harness.report import render_html
 from harness.screenshot import CHROMIUM, LAUNCH_ARGS, take_screenshot
 from harness.verdict import judge
+from harness.vocabulary import STATUSES
 
 RECORDS = Path(__file__).parent / "resources" / "records" / "every_status.jsonl"
 XSS = "<script>alert(1)</script>"

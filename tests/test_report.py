@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.baseline import BaselineEntry
-from harness.cells import STATUSES, Cell, Record
+from harness.cells import Cell, Record
 from harness.errors import HarnessError
 from harness.report import (
     STATUS_SYMBOLS,
@@ -25,6 +26,7 @@ from harness.report import (
     write_reports,
 )
 from harness.verdict import judge
+from harness.vocabulary import STATUSES
 
 RESOURCES = Path(__file__).parent / "resources" / "records"
 XSS = "<script>alert(1)</script>"
@@ -226,7 +228,7 @@ def test_speedups_are_tabled_and_charted_per_device(html):
 def test_the_environment_is_shown(html):
     [section] = parse(html).find_all("section", id="environment")
     assert "2.14.1+cpu" in section.text and "NVIDIA H100 80GB HBM3" in section.text
-    assert "11 cells on cpu" in section.text
+    assert "12 cells on cpu" in section.text
 
 
 def test_two_thousand_cells_stay_small_and_store_each_traceback_once(records):
@@ -304,7 +306,7 @@ def test_write_reports_fails_loudly_when_it_cannot_write(tmp_path, records):
 
 
 def test_compare_lists_the_cells_that_differ_first(records):
-    newer = [r.replace(env={**r.env, "torch": "2.15.0+cpu"}) for r in records]
+    newer = [r.replace(env=dataclasses.replace(r.env, torch="2.15.0+cpu")) for r in records]
     newer[0] = newer[0].replace(status="step_error", reason="other", error_message=XSS)
     newer = newer[:-1]  # the last cell did not run in the newer environment
     html = render_compare_html([("torch 2.14", records), ("torch 2.15", newer)], title="compare")
