@@ -25,7 +25,7 @@ from harness.report import (
     status_counts,
     write_reports,
 )
-from harness.verdict import judge
+from harness.verdict import Verdict, judge
 from harness.vocabulary import STATUSES
 
 RESOURCES = Path(__file__).parent / "resources" / "records"
@@ -180,6 +180,30 @@ def test_verdicts_come_first_with_regressions_on_top(html):
     assert order == ["regression", "fixed", "changed", "slower"]
     [regressed] = [c for c in doc.find_all("td", class_="cell") if "v-regression" in c.attrs["class"]]
     assert regressed.attrs["title"] == "torch.optim.AdamW-cpu-float32-fused-direct"
+
+
+def test_a_lost_cell_fails_the_gate_and_heads_the_verdicts(records, verdicts):
+    lost = Verdict("torch.optim.Adam-cuda-float32-plain-direct", "lost", "ok", "no record", "Selected, left no record.")
+    with_lost = [*verdicts, lost]
+    doc = parse(render_html(records, with_lost, title="t"))
+    [gate] = doc.find_all("div", id="gate")
+    assert "FAILED" in gate.text and "∅ 1 lost" in gate.text
+    [failing, *_] = doc.find_all("table", class_="verdict-table")
+    [first, *_] = failing.find_all("tr", class_="v-row")
+    assert first.find_all("td")[0].text == "∅lost" and first.find_all("td")[1].text == lost.id  # no cell to open
+    md = render_summary_md(records, with_lost)
+    changes = md[md.index("## Changes against the baseline") : md.index("## Fused speed-ups")]
+    assert [line for line in changes.splitlines() if line.startswith("| ∅")] == [
+        "| ∅ lost | torch.optim.Adam-cuda-float32-plain-direct | ok | no record | Selected, left no record. |"
+    ]
+    assert changes.index("∅ lost") < changes.index("▼ regression")
+
+
+def test_every_status_of_the_vocabulary_is_a_filter_and_mismatch_fails(html, records):
+    doc = parse(html)
+    assert [box.attrs["value"] for box in doc.find_all("input", class_="f-status")] == list(STATUSES)
+    md = render_summary_md(records, None)
+    assert "≠ **mismatch / other** (1): torch.optim.Adam-cpu-float32-plain-direct" in md
 
 
 def test_without_a_baseline_the_gate_is_not_checked(records):
