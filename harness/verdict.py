@@ -113,7 +113,7 @@ def gate_failed(verdicts: Iterable[Verdict]) -> bool:
 
 def count_verdicts(verdicts: Iterable[Verdict]) -> dict[str, int]:
     """How many cells got each verdict, every verdict listed (zeros too), most severe first."""
-    counts = dict.fromkeys(VERDICTS, 0)
+    counts: dict[str, int] = dict.fromkeys(VERDICTS, 0)
     for v in verdicts:
         counts[v.verdict] = counts.get(v.verdict, 0) + 1
     return counts
@@ -121,5 +121,5 @@ def count_verdicts(verdicts: Iterable[Verdict]) -> dict[str, int]:
 
 def sort_verdicts(verdicts: Iterable[Verdict]) -> list[Verdict]:
     """Most severe first, then by cell id."""
-    rank = {name: i for i, name in enumerate(VERDICTS)}
+    rank: dict[str, int] = {name: i for i, name in enumerate(VERDICTS)}
     return sorted(verdicts, key=lambda v: (rank.get(v.verdict, len(VERDICTS)), v.id))
