@@ -1,11 +1,8 @@
-"""Typed results that pass from measuring to reporting: a cell's `BenchResult` and its `Environment`.
+"""The `bench` part of a record, typed: a `BenchResult` and one `ImplResult` per implementation.
 
-A record keeps both as plain JSON, in the shape the README documents; `to_dict` writes exactly that
-shape and `from_dict` reads it back, so what `harness.bench` and `harness.execute` write today reads
-back equal. Reading is lenient where records differ in age: a key the writer did not write reads as
-missing (None, or no entry), and a key this module does not know is kept in `extra` and written back.
-A value of the wrong kind raises `MalformedResult` (a `ValueError`) naming the key, so a results file
-skips that line with a warning instead of reporting nonsense.
+`to_dict` writes the JSON `harness.bench.run_bench` has always written, key for key; `from_dict` reads
+it, and reads what other versions wrote too: a key missing reads as None or no entry, and an unknown
+key is kept in `extra` and written back.
 """
 
 from __future__ import annotations
@@ -14,6 +11,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
+
+from harness.measurements._read import MalformedResult, mapping, number, required_whole, text, whole
 
 SpeedupKey = Literal["fused/foreach", "fused/forloop", "foreach/forloop"]
 """`fast/slow`: the slow implementation's median step time over the fast one's."""
@@ -26,13 +25,6 @@ IMPLEMENTATION_ORDER = ("fused", "foreach", "forloop")
 """How a bench lists an optimizer's implementations; the last is the parity reference."""
 REFERENCE = "forloop"
 """Parity is judged against the plain per-parameter loop, the implementation every other one mirrors."""
-
-
-class MalformedResult(ValueError):
-    """A record's `bench` or `env` holds a value of the wrong kind."""
-
-
-# ------------------------------------------------------------------------------------ bench parts
 
 
 @dataclass(frozen=True)
@@ -49,8 +41,8 @@ class Spread:
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> Spread:
-        data = _mapping(data, where)
-        return cls(*(_float(data.get(key), f"{where}.{key}") for key in ("p25", "p75", "min", "max")))
+        data = mapping(data, where)
+        return cls(*(number(data.get(key), f"{where}.{key}") for key in ("p25", "p75", "min", "max")))
 
 
 @dataclass(frozen=True)
@@ -88,11 +80,11 @@ class ParityCheck:
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> ParityCheck:
-        data = _mapping(data, where)
+        data = mapping(data, where)
         ok = data.get("ok")
         if ok is not None and not isinstance(ok, bool):
             raise MalformedResult(f"{where}.ok must be true, false or null; got {ok!r}.")
-        return cls(_float(data.get("max_abs"), f"{where}.max_abs"), _float(data.get("max_rel"), f"{where}.max_rel"), ok)
+        return cls(number(data.get("max_abs"), f"{where}.max_abs"), number(data.get("max_rel"), f"{where}.max_rel"), ok)
 
 
 @dataclass(frozen=True)
@@ -251,8 +243,8 @@ class BenchResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BenchResult:
-        data = _mapping(data, "bench")
-        sections = {key: _mapping(data.get(key), f"bench.{key}") for key in _PER_IMPL_KEYS}
+        data = mapping(data, "bench")
+        sections = {key: mapping(data.get(key), f"bench.{key}") for key in _PER_IMPL_KEYS}
         tolerance = sections["parity"].get("tolerance")
         names = [
             name for key in _PER_IMPL_KEYS for name in sections[key] if not (key == "parity" and name == "tolerance")
@@ -265,38 +257,38 @@ class BenchResult:
         parity_ok = data.get("parity_ok")
         if parity_ok is not None and not isinstance(parity_ok, bool):
             raise MalformedResult(f"bench.parity_ok must be true, false or null; got {parity_ok!r}.")
-        text = {key: _str(data.get(key), f"bench.{key}") for key in _STR_KEYS}
-        whole = {key: _int(data.get(key), f"bench.{key}") for key in _INT_KEYS}
+        texts = {key: text(data.get(key), f"bench.{key}") for key in _STR_KEYS}
+        wholes = {key: whole(data.get(key), f"bench.{key}") for key in _INT_KEYS}
         return cls(
-            device=text["device"],
-            device_name=text["device_name"],
-            dtype=text["dtype"],
-            timer=text["timer"],
-            threads=whole["threads"],
-            params=whole["params"],
+            device=texts["device"],
+            device_name=texts["device_name"],
+            dtype=texts["dtype"],
+            timer=texts["timer"],
+            threads=wholes["threads"],
+            params=wholes["params"],
             model=None
             if model is None
-            else {k: _required_int(v, f"bench.model.{k}") for k, v in _mapping(model, "bench.model").items()},
-            warmup=whole["warmup"],
-            repeats=whole["repeats"],
+            else {k: required_whole(v, f"bench.model.{k}") for k, v in mapping(model, "bench.model").items()},
+            warmup=wholes["warmup"],
+            repeats=wholes["repeats"],
             implementations=tuple(_impl_from_sections(name, sections) for name in ordered),
             speedup={
-                key: _float(value, f"bench.speedup.{key}")
-                for key, value in _mapping(data.get("speedup"), "bench.speedup").items()
+                key: number(value, f"bench.speedup.{key}")
+                for key, value in mapping(data.get("speedup"), "bench.speedup").items()
             },
-            device_bandwidth_gbs=_float(data.get("device_bandwidth_gbs"), "bench.device_bandwidth_gbs"),
-            device_bandwidth_method=text["device_bandwidth_method"],
+            device_bandwidth_gbs=number(data.get("device_bandwidth_gbs"), "bench.device_bandwidth_gbs"),
+            device_bandwidth_method=texts["device_bandwidth_method"],
             parity_tolerance=None
             if tolerance is None
             else ParityTolerance(
-                _float(_mapping(tolerance, "bench.parity.tolerance").get("atol"), "bench.parity.tolerance.atol"),
-                _float(tolerance.get("rtol"), "bench.parity.tolerance.rtol"),
+                number(mapping(tolerance, "bench.parity.tolerance").get("atol"), "bench.parity.tolerance.atol"),
+                number(tolerance.get("rtol"), "bench.parity.tolerance.rtol"),
             ),
-            parity_reference=text["parity_reference"],
-            parity_steps=whole["parity_steps"],
+            parity_reference=texts["parity_reference"],
+            parity_steps=wholes["parity_steps"],
             parity_ok=parity_ok,
             parity_breach=tuple(breach),
-            peak_memory_method=_str(data.get("peak_memory_method"), "bench.peak_memory_method"),
+            peak_memory_method=text(data.get("peak_memory_method"), "bench.peak_memory_method"),
             extra={key: value for key, value in data.items() if key not in _KNOWN_KEYS},
         )
 
@@ -313,24 +305,24 @@ def _impl_from_sections(name: str, sections: Mapping[str, Mapping[str, Any]]) ->
     if has(_TIMING_KEYS):
         spread = value("spread_ms")
         timing = ImplTiming(
-            step_ms=_float(value("step_ms"), where.format("step_ms")),
+            step_ms=number(value("step_ms"), where.format("step_ms")),
             spread_ms=None if spread is None else Spread.from_dict(spread, where.format("spread_ms")),
-            bytes_per_step=_int(value("bytes_per_step"), where.format("bytes_per_step")),
-            achieved_gbs=_float(value("achieved_gbs"), where.format("achieved_gbs")),
-            bandwidth_fraction=_float(value("bandwidth_fraction"), where.format("bandwidth_fraction")),
+            bytes_per_step=whole(value("bytes_per_step"), where.format("bytes_per_step")),
+            achieved_gbs=number(value("achieved_gbs"), where.format("achieved_gbs")),
+            bandwidth_fraction=number(value("bandwidth_fraction"), where.format("bandwidth_fraction")),
         )
     if has(_MEMORY_KEYS):
         memory = ImplMemory(
-            state_bytes_per_param=_float(value("state_bytes_per_param"), where.format("state_bytes_per_param")),
-            peak_memory_bytes=_int(value("peak_memory_bytes"), where.format("peak_memory_bytes")),
-            step_extra_memory_bytes=_int(value("step_extra_memory_bytes"), where.format("step_extra_memory_bytes")),
+            state_bytes_per_param=number(value("state_bytes_per_param"), where.format("state_bytes_per_param")),
+            peak_memory_bytes=whole(value("peak_memory_bytes"), where.format("peak_memory_bytes")),
+            step_extra_memory_bytes=whole(value("step_extra_memory_bytes"), where.format("step_extra_memory_bytes")),
         )
     kwargs = value("implementations")
     unavailable = value("unavailable")
     parity = value("parity")
     return ImplResult(
         name=name,
-        kwargs=None if kwargs is None else dict(_mapping(kwargs, where.format("implementations"))),
+        kwargs=None if kwargs is None else dict(mapping(kwargs, where.format("implementations"))),
         unavailable=None if unavailable is None else str(unavailable),
         timing=timing,
         memory=memory,
@@ -338,122 +330,5 @@ def _impl_from_sections(name: str, sections: Mapping[str, Mapping[str, Any]]) ->
     )
 
 
-# ------------------------------------------------------------------------------------ environment
-
-_ENV_STR_KEYS = ("python", "torch", "device_name", "device", "optimizer_package", "optimizer_package_version")
-
-
-@dataclass(frozen=True)
-class Environment:
-    """Where a record came from: python, torch, the optimizer packages' versions and the device's name.
-
-    A runner that died leaves a reduced one, written by the parent process: python, torch and `device`.
-    """
-
-    python: str | None = None
-    torch: str | None = None
-    """torch's version, local suffix included (`2.14.1+cu130`)."""
-    packages: Mapping[str, str | None] | None = None
-    """Every known optimizer package's version, None where not installed."""
-    device_name: str | None = None
-    device: str | None = None
-    """Only in a reduced environment: the cell's device."""
-    optimizer_package: str | None = None
-    optimizer_package_version: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    """Keys of the JSON this version does not know, kept as read."""
-
-    @property
-    def torch_release(self) -> str:
-        """torch's version without its local suffix (`2.11.0+cu130` -> `2.11.0`), or `unknown`."""
-        return (self.torch or "").split("+", 1)[0].strip() or "unknown"
-
-    @property
-    def is_reduced(self) -> bool:
-        """Whether this is all a parent process could tell of a cell whose runner died."""
-        full = (self.packages, self.device_name, self.optimizer_package, self.optimizer_package_version)
-        told = (self.python, self.torch, self.device)
-        return all(value is None for value in full) and not self.extra and any(v is not None for v in told)
-
-    def machine(self) -> dict[str, Any]:
-        """The JSON of what every cell on one machine shares: without the keys that vary per cell."""
-        per_cell = ("optimizer_package", "optimizer_package_version", "device")
-        return {key: value for key, value in self.to_dict().items() if key not in per_cell}
-
-    def to_dict(self) -> dict[str, Any]:
-        env: dict[str, Any] = {}
-        if self.python is not None or self.torch is not None:  # every writer writes both, null or not
-            env.update(python=self.python, torch=self.torch)
-        if self.packages is not None:
-            env["packages"] = dict(self.packages)
-        if self.device_name is not None:
-            env["device_name"] = self.device_name
-        if self.device is not None:
-            env["device"] = self.device
-        if self.optimizer_package is not None:
-            env.update(
-                optimizer_package=self.optimizer_package, optimizer_package_version=self.optimizer_package_version
-            )
-        return {**env, **self.extra}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Environment:
-        data = _mapping(data, "env")
-        packages = data.get("packages")
-        text = {key: _str(data.get(key), f"env.{key}") for key in _ENV_STR_KEYS}
-        return cls(
-            python=text["python"],
-            torch=text["torch"],
-            device_name=text["device_name"],
-            device=text["device"],
-            optimizer_package=text["optimizer_package"],
-            optimizer_package_version=text["optimizer_package_version"],
-            packages=None
-            if packages is None
-            else {
-                str(name): _str(version, f"env.packages.{name}")
-                for name, version in _mapping(packages, "env.packages").items()
-            },
-            extra={key: value for key, value in data.items() if key not in {*_ENV_STR_KEYS, "packages"}},
-        )
-
-
-# ------------------------------------------------------------------------------------ readers
-
-
 def _rank(value: str, known: tuple[str, ...]) -> int:
     return known.index(value) if value in known else len(known)
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise MalformedResult(f"{where} must be an object; got {value!r}.")
-    return value
-
-
-def _float(value: Any, where: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MalformedResult(f"{where} must be a number or null; got {value!r}.")
-    return float(value)
-
-
-def _int(value: Any, where: str) -> int | None:
-    return None if value is None else _required_int(value, where)
-
-
-def _required_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise MalformedResult(f"{where} must be a whole number; got {value!r}.")
-    return value
-
-
-def _str(value: Any, where: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise MalformedResult(f"{where} must be text or null; got {value!r}.")
-    return value
