@@ -16,18 +16,9 @@ from typing import Any, Protocol
 
 import torch
 
+from harness import measurements
 from harness.cells import Cell
 from harness.errors import HarnessError
-from harness.measurements import (
-    REFERENCE,
-    BenchResult,
-    ImplMemory,
-    ImplResult,
-    ImplTiming,
-    ParityCheck,
-    ParityTolerance,
-    Spread,
-)
 from harness.memory import device_name, state_bytes_per_param
 from harness.roofline import BANDWIDTH_METHOD, bytes_moved_per_step, measure_device_bandwidth
 from harness.settings import BenchSettings, Settings, Tolerance
@@ -66,7 +57,7 @@ def implementations(cls: type) -> dict[str, dict[str, bool]]:
     if has_foreach:
         found["foreach"] = {"foreach": True, **({"fused": False} if has_fused else {})}
     if found:
-        found[REFERENCE] = {name: False for name in IMPLEMENTATION_HINTS if name in names}
+        found[measurements.REFERENCE] = {name: False for name in IMPLEMENTATION_HINTS if name in names}
     return found if len(found) >= 2 else {}
 
 
@@ -83,7 +74,7 @@ def bench_param_shapes(bench: BenchSettings) -> list[tuple[int, ...]]:
     return shapes
 
 
-def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> BenchResult | None:
+def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> measurements.BenchResult | None:
     """Time, compare and measure every implementation of `resolved` on the cell's device and dtype.
 
     Returns None when the class has only one implementation. An implementation that fails to build or
@@ -113,14 +104,14 @@ def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> BenchResul
         bandwidth = measure_device_bandwidth(device)
 
     medians = {name: statistics.median(times) for name, times in step_times.items()}
-    reference = parity_runs.get(REFERENCE)
+    reference = parity_runs.get(measurements.REFERENCE)
     parity = {
         name: _compare(run.final, reference.final, tolerance)
         for name, run in parity_runs.items()
-        if reference is not None and name != REFERENCE
+        if reference is not None and name != measurements.REFERENCE
     }
     impls = tuple(
-        ImplResult(
+        measurements.ImplResult(
             name=name,
             kwargs=impl_kwargs,
             unavailable=unavailable.get(name),
@@ -130,7 +121,7 @@ def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> BenchResul
         )
         for name, impl_kwargs in kwargs.items()
     )
-    return BenchResult(
+    return measurements.BenchResult(
         device=str(device),
         device_name=device_name(device),
         dtype=cell.dtype,
@@ -144,8 +135,8 @@ def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> BenchResul
         speedup=_speedups(medians),
         device_bandwidth_gbs=bandwidth,
         device_bandwidth_method=BANDWIDTH_METHOD,
-        parity_tolerance=ParityTolerance(atol=tolerance.atol, rtol=tolerance.rtol),
-        parity_reference=REFERENCE,
+        parity_tolerance=measurements.ParityTolerance(atol=tolerance.atol, rtol=tolerance.rtol),
+        parity_reference=measurements.REFERENCE,
         parity_steps=bench.parity_steps,
         parity_ok=all(check.ok for check in parity.values()) if parity else None,
         parity_breach=tuple(name for name, check in parity.items() if not check.ok),
@@ -153,10 +144,10 @@ def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> BenchResul
     )
 
 
-def _timing(times: list[float], moved: int, bandwidth: float) -> ImplTiming:
+def _timing(times: list[float], moved: int, bandwidth: float) -> measurements.ImplTiming:
     median = statistics.median(times)
     achieved = moved / (median / 1e3) / 1e9
-    return ImplTiming(
+    return measurements.ImplTiming(
         step_ms=median,
         spread_ms=_spread(times),
         bytes_per_step=moved,
@@ -165,8 +156,8 @@ def _timing(times: list[float], moved: int, bandwidth: float) -> ImplTiming:
     )
 
 
-def _memory(run: _ParityRun) -> ImplMemory:
-    return ImplMemory(
+def _memory(run: _ParityRun) -> measurements.ImplMemory:
+    return measurements.ImplMemory(
         state_bytes_per_param=run.state_bytes_per_param,
         peak_memory_bytes=run.peak_bytes,
         step_extra_memory_bytes=run.step_extra_bytes,
@@ -287,19 +278,19 @@ def _time_steps(
     return times, moved
 
 
-def _compare(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance) -> ParityCheck:
+def _compare(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance) -> measurements.ParityCheck:
     """Largest differences, and whether |a - b| <= atol + rtol * |b| holds everywhere (NaN only matches NaN).
 
     Works in place on `candidate`, which it consumes: fresh memory is slow to fault in on some hosts.
     """
     if candidate.numel() == 0:
-        return ParityCheck(max_abs=0.0, max_rel=0.0, ok=True)
+        return measurements.ParityCheck(max_abs=0.0, max_rel=0.0, ok=True)
     same = (candidate == reference).logical_or_(candidate.isnan().logical_and_(reference.isnan()))
     diff = candidate.sub_(reference).abs_().masked_fill_(same, 0.0).nan_to_num_(nan=math.inf)
     magnitude = reference.abs()
     rel = (diff / magnitude).masked_fill_(same.logical_or(reference == 0), 0.0).nan_to_num_(nan=math.inf)
     within = diff.le(magnitude.mul_(tol.rtol).add_(tol.atol)).logical_or_(same)
-    return ParityCheck(max_abs=diff.max().item(), max_rel=rel.max().item(), ok=bool(within.all()))
+    return measurements.ParityCheck(max_abs=diff.max().item(), max_rel=rel.max().item(), ok=bool(within.all()))
 
 
 def _flat_copy(params: list[torch.Tensor]) -> torch.Tensor:
@@ -317,9 +308,9 @@ def _speedups(medians: Mapping[str, float]) -> dict[str, float]:
     }
 
 
-def _spread(times: list[float]) -> Spread:
+def _spread(times: list[float]) -> measurements.Spread:
     p25, _, p75 = statistics.quantiles(times, n=4, method="inclusive")
-    return Spread(p25=p25, p75=p75, min=min(times), max=max(times))
+    return measurements.Spread(p25=p25, p75=p75, min=min(times), max=max(times))
 
 
 def _tolerance(bench: BenchSettings, dtype: str) -> Tolerance:

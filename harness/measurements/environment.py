@@ -70,12 +70,7 @@ class Environment:
         packages = data.get("packages")
         texts = {key: text(data.get(key), f"env.{key}") for key in _ENV_STR_KEYS}
         return cls(
-            python=texts["python"],
-            torch=texts["torch"],
-            device_name=texts["device_name"],
-            device=texts["device"],
-            optimizer_package=texts["optimizer_package"],
-            optimizer_package_version=texts["optimizer_package_version"],
+            **texts,
             packages=None
             if packages is None
             else {
