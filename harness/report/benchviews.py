@@ -12,7 +12,7 @@ from typing import Any
 
 from harness.cells import Record
 from harness.measurements import IMPLEMENTATION_ORDER, REFERENCE, SPEEDUP_KEYS, BenchResult, ImplResult
-from harness.report.formatting import finite, fmt, ordered, short
+from harness.report.formatting import finite, fmt, ordered, rank, short
 from harness.report.layout import axis_sort_key, row_sort_key, sorted_axis
 
 CHART_KEYS = SPEEDUP_KEYS
@@ -128,7 +128,9 @@ def _setup(benches: Sequence[BenchResult]) -> list[tuple[str, str]]:
 
 
 def _row(i: int, record: Record, bench: BenchResult) -> dict[str, Any]:
-    impls = [_impl_view(bench, impl) for impl in sorted(bench.implementations, key=lambda impl: _impl_rank(impl.name))]
+    impls = [
+        _impl_view(bench, impl) for impl in sorted(bench.implementations, key=lambda impl: rank(impl.name, IMPL_ORDER))
+    ]
     fractions = {impl.name: impl.timing.bandwidth_fraction for impl in bench.implementations if impl.timing}
     return {
         "i": i,
@@ -143,10 +145,6 @@ def _row(i: int, record: Record, bench: BenchResult) -> dict[str, Any]:
         "parity": _parity_summary(bench),
         "impls": impls,
     }
-
-
-def _impl_rank(name: str) -> tuple[int, str]:
-    return (IMPL_ORDER.index(name), "") if name in IMPL_ORDER else (len(IMPL_ORDER), name)
 
 
 def speedup_groups(records: Sequence[Record]) -> list[dict[str, Any]]:
