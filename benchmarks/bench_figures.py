@@ -19,28 +19,33 @@ def main() -> None:
     parser.add_argument("results", nargs="?", default="reports")
     args = parser.parse_args()
     records = read_records(results_path(args.results))
-    benched = sorted((r for r in records if r.bench), key=lambda r: (r.device, r.dtype, r.optimizer))
+    benched = sorted((r for r in records if r.bench is not None), key=lambda r: (r.device, r.dtype, r.optimizer))
     if not benched:
         print("no record holds benchmark figures")
     for r in benched:
-        b = r.bench or {}
-        steps = ", ".join(f"{k} {v:.3f} ms" for k, v in (b.get("step_ms") or {}).items())
-        speedup = ", ".join(f"{k} {v:.2f}x" for k, v in (b.get("speedup") or {}).items())
-        bandwidth = ", ".join(f"{k} {v:.0%}" for k, v in (b.get("bandwidth_fraction") or {}).items() if v is not None)
-        parity = b.get("parity") or {}
+        b = r.bench
+        if b is None:
+            continue
+        steps = ", ".join(f"{i.name} {i.step_ms:.3f} ms" for i in b.implementations if i.step_ms is not None)
+        speedup = ", ".join(f"{k} {v:.2f}x" for k, v in b.speedups().items())
+        fractions = {i.name: i.timing.bandwidth_fraction for i in b.implementations if i.timing}
+        bandwidth = ", ".join(f"{k} {v:.0%}" for k, v in fractions.items() if v is not None)
         parity_text = ", ".join(
-            f"{k} max_abs {v['max_abs']:.2e} max_rel {v['max_rel']:.2e} {'ok' if v.get('ok') else 'BREACH'}"
-            for k, v in parity.items()
-            if isinstance(v, dict) and "max_abs" in v
+            f"{i.name} max_abs {i.parity.max_abs:.2e} max_rel {i.parity.max_rel:.2e} "
+            f"{'ok' if i.parity.ok else 'BREACH'}"
+            for i in b.implementations
+            if i.parity is not None and i.parity.max_abs is not None and i.parity.max_rel is not None
         )
-        print(f"{r.optimizer} {r.device} ({b.get('device_name')}) {r.dtype} threads={b.get('threads')}")
+        unavailable = {i.name: i.unavailable for i in b.implementations if i.unavailable is not None}
+        print(f"{r.optimizer} {r.device} ({b.device_name}) {r.dtype} threads={b.threads}")
         print(f"    step: {steps}")
         print(
-            f"    speed-up: {speedup or '-'}; bandwidth fraction: {bandwidth or '-'} of {b.get('device_bandwidth_gbs', 0):.0f} GB/s"
+            f"    speed-up: {speedup or '-'}; bandwidth fraction: {bandwidth or '-'} "
+            f"of {b.device_bandwidth_gbs or 0:.0f} GB/s"
         )
         print(f"    parity vs forloop: {parity_text or '-'}")
-        if b.get("unavailable"):
-            print(f"    unavailable: {b['unavailable']}")
+        if unavailable:
+            print(f"    unavailable: {unavailable}")
     state = [
         (r.optimizer, r.device, r.state_bytes_per_param)
         for r in records

@@ -78,9 +78,10 @@ def harness_step_ms(args: argparse.Namespace) -> dict[str, float]:
     )
     cell = Cell("torch.optim.AdamW", "cpu", "float32", "plain", {})
     result = run_bench(Resolved("torch.optim.AdamW", torch.optim.AdamW, torch.optim.AdamW), cell, Settings(bench=bench))
-    if result is None or "fused/forloop" not in result["speedup"]:
-        raise SystemExit(f"The harness measured no fused/forloop speed-up: {result and result['unavailable']}")
-    return result["step_ms"]
+    if result is None or "fused/forloop" not in result.speedups():
+        unavailable = result and {i.name: i.unavailable for i in result.implementations if i.unavailable}
+        raise SystemExit(f"The harness measured no fused/forloop speed-up: {unavailable}")
+    return {i.name: i.step_ms for i in result.implementations if i.step_ms is not None}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

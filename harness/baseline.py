@@ -17,7 +17,6 @@ entry that holds a real outcome (a CPU-only run must not erase the GPU machine's
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -27,8 +26,9 @@ from typing import Any
 
 from harness.cells import Record
 from harness.errors import HarnessError
+from harness.measurements import GATE_SPEEDUP_KEYS, BenchResult, Environment
 
-SPEEDUP_KEYS = ("fused/foreach", "fused/forloop")
+SPEEDUP_KEYS = GATE_SPEEDUP_KEYS
 """The fused kernels' speed-ups the gate watches, as a record's `bench["speedup"]` names them."""
 
 _ACCEPT_HINT = "re-run `python -m harness baseline accept` on a results file to write it anew"
@@ -56,19 +56,9 @@ class BaselineEntry:
         return entry
 
 
-def bench_speedups(bench: Mapping[str, Any] | None) -> dict[str, float]:
-    """The finite, positive fused speed-ups of a record's `bench` (`speedup` or `speedups` key)."""
-    if not bench:
-        return {}
-    raw = bench.get("speedup", bench.get("speedups"))
-    if not isinstance(raw, Mapping):
-        return {}
-    found: dict[str, float] = {}
-    for key in SPEEDUP_KEYS:
-        value = raw.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
-            found[key] = float(value)
-    return found
+def bench_speedups(bench: BenchResult | None) -> dict[str, float]:
+    """The finite, positive fused speed-ups of a record's bench that the gate watches (`SPEEDUP_KEYS`)."""
+    return {} if bench is None else bench.gate_speedups()
 
 
 def device_kind(device: str) -> str:
@@ -76,23 +66,10 @@ def device_kind(device: str) -> str:
     return device.split(":", 1)[0].strip().lower() or "unknown"
 
 
-def torch_version(env: Mapping[str, Any]) -> str:
-    """The torch version in a record's env without its local suffix (`2.11.0+cu130` -> `2.11.0`)."""
-    raw: Any = env.get("torch")
-    for section in ("versions", "packages"):
-        if raw is None and isinstance(env.get(section), Mapping):
-            raw = env[section].get("torch")
-    if isinstance(raw, Mapping):
-        raw = raw.get("version")
-    if not raw:
-        return "unknown"
-    return str(raw).split("+", 1)[0].strip() or "unknown"
-
-
-def environment_key(env: Mapping[str, Any], device: str | None = None) -> str:
+def environment_key(env: Environment, device: str | None = None) -> str:
     """`torch-<version>-<device kind>`; `device` defaults to the env's own `device` entry."""
-    kind = device_kind(device if device is not None else str(env.get("device") or "unknown"))
-    key = f"torch-{torch_version(env)}-{kind}"
+    kind = device_kind(device if device is not None else env.device or "unknown")
+    key = f"torch-{env.torch_release}-{kind}"
     return re.sub(r"[^A-Za-z0-9._-]", "_", key)  # a file name on every OS
 
 

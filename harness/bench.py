@@ -7,31 +7,27 @@ so a machine that slows down mid-run slows all of them alike and their ratios st
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import inspect
 import math
 import statistics
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from harness import measurements
 from harness.cells import Cell
 from harness.errors import HarnessError
 from harness.memory import device_name, state_bytes_per_param
 from harness.roofline import BANDWIDTH_METHOD, bytes_moved_per_step, measure_device_bandwidth
 from harness.settings import BenchSettings, Settings, Tolerance
+from harness.timing import bench_context, gc_paused, synchronize, timer_ms
+from harness.vocabulary import IMPLEMENTATION_HINTS
 
-REFERENCE = "forloop"
-"""Parity is judged against the plain per-parameter loop, the implementation every other one mirrors."""
-ACCELERATION_KWARGS = ("fused", "foreach")
 _PARAM_SCALE = 0.02
 _GRAD_SCALE = 0.01
 _MAX_MESSAGE = 500
-_SETTLE_BYTES = 31 * 2**20
 
 
 class Benchable(Protocol):
@@ -61,7 +57,7 @@ def implementations(cls: type) -> dict[str, dict[str, bool]]:
     if has_foreach:
         found["foreach"] = {"foreach": True, **({"fused": False} if has_fused else {})}
     if found:
-        found[REFERENCE] = {name: False for name in ACCELERATION_KWARGS if name in names}
+        found[measurements.REFERENCE] = {name: False for name in IMPLEMENTATION_HINTS if name in names}
     return found if len(found) >= 2 else {}
 
 
@@ -78,7 +74,7 @@ def bench_param_shapes(bench: BenchSettings) -> list[tuple[int, ...]]:
     return shapes
 
 
-def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> dict[str, Any] | None:
+def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> measurements.BenchResult | None:
     """Time, compare and measure every implementation of `resolved` on the cell's device and dtype.
 
     Returns None when the class has only one implementation. An implementation that fails to build or
@@ -91,11 +87,11 @@ def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> dict[str, 
     device = _device(cell)
     dtype = _dtype(cell)
     tolerance = _tolerance(bench, cell.dtype)
-    base = {key: value for key, value in cell.kwargs.items() if key not in ACCELERATION_KWARGS}
+    base = {key: value for key, value in cell.kwargs.items() if key not in IMPLEMENTATION_HINTS}
     kwargs = {name: {**base, **impl_flags} for name, impl_flags in flags.items()}
     target = _Target(resolved.factory, device, dtype)
 
-    with _bench_context(device, bench.threads):
+    with bench_context(device, bench.threads):
         inputs = _make_inputs(bench, settings.train.seed)
         unavailable: dict[str, str] = {}
         parity_runs: dict[str, _ParityRun] = {}
@@ -108,40 +104,64 @@ def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> dict[str, 
         bandwidth = measure_device_bandwidth(device)
 
     medians = {name: statistics.median(times) for name, times in step_times.items()}
-    achieved = {name: moved[name] / (medians[name] / 1e3) / 1e9 for name in medians}
-    parity = _parity(parity_runs, tolerance)
-    compared = [name for name in parity if name != "tolerance"]
-    breach = [name for name in compared if not parity[name]["ok"]]
-    return {
-        "device": str(device),
-        "device_name": device_name(device),
-        "dtype": cell.dtype,
-        "timer": "cuda_event" if device.type == "cuda" else "perf_counter",
-        "threads": bench.threads if device.type == "cpu" else None,
-        "params": sum(math.prod(shape) for shape in bench_param_shapes(bench)),
-        "model": {key: getattr(bench, key) for key in ("d_model", "n_layers", "vocab_size", "seq_len")},
-        "warmup": bench.warmup,
-        "repeats": bench.repeats,
-        "implementations": kwargs,
-        "unavailable": unavailable,
-        "step_ms": medians,
-        "spread_ms": {name: _spread(times) for name, times in step_times.items()},
-        "speedup": _speedups(medians),
-        "bytes_per_step": moved,
-        "achieved_gbs": achieved,
-        "device_bandwidth_gbs": bandwidth,
-        "device_bandwidth_method": BANDWIDTH_METHOD,
-        "bandwidth_fraction": {name: gbs / bandwidth for name, gbs in achieved.items()},
-        "parity": parity,
-        "parity_reference": REFERENCE,
-        "parity_steps": bench.parity_steps,
-        "parity_ok": (not breach) if compared else None,
-        "parity_breach": breach,
-        "state_bytes_per_param": {name: run.state_bytes_per_param for name, run in parity_runs.items()},
-        "peak_memory_bytes": {name: run.peak_bytes for name, run in parity_runs.items()},
-        "step_extra_memory_bytes": {name: run.step_extra_bytes for name, run in parity_runs.items()},
-        "peak_memory_method": "torch.cuda.max_memory_allocated" if device.type == "cuda" else None,
+    reference = parity_runs.get(measurements.REFERENCE)
+    parity = {
+        name: _compare(run.final, reference.final, tolerance)
+        for name, run in parity_runs.items()
+        if reference is not None and name != measurements.REFERENCE
     }
+    impls = tuple(
+        measurements.ImplResult(
+            name=name,
+            kwargs=impl_kwargs,
+            unavailable=unavailable.get(name),
+            timing=_timing(step_times[name], moved[name], bandwidth) if name in step_times else None,
+            memory=_memory(parity_runs[name]) if name in parity_runs else None,
+            parity=parity.get(name),
+        )
+        for name, impl_kwargs in kwargs.items()
+    )
+    return measurements.BenchResult(
+        device=str(device),
+        device_name=device_name(device),
+        dtype=cell.dtype,
+        timer="cuda_event" if device.type == "cuda" else "perf_counter",
+        threads=bench.threads if device.type == "cpu" else None,
+        params=sum(math.prod(shape) for shape in bench_param_shapes(bench)),
+        model={key: getattr(bench, key) for key in ("d_model", "n_layers", "vocab_size", "seq_len")},
+        warmup=bench.warmup,
+        repeats=bench.repeats,
+        implementations=impls,
+        speedup=_speedups(medians),
+        device_bandwidth_gbs=bandwidth,
+        device_bandwidth_method=BANDWIDTH_METHOD,
+        parity_tolerance=measurements.ParityTolerance(atol=tolerance.atol, rtol=tolerance.rtol),
+        parity_reference=measurements.REFERENCE,
+        parity_steps=bench.parity_steps,
+        parity_ok=all(check.ok for check in parity.values()) if parity else None,
+        parity_breach=tuple(name for name, check in parity.items() if not check.ok),
+        peak_memory_method="torch.cuda.max_memory_allocated" if device.type == "cuda" else None,
+    )
+
+
+def _timing(times: list[float], moved: int, bandwidth: float) -> measurements.ImplTiming:
+    median = statistics.median(times)
+    achieved = moved / (median / 1e3) / 1e9
+    return measurements.ImplTiming(
+        step_ms=median,
+        spread_ms=_spread(times),
+        bytes_per_step=moved,
+        achieved_gbs=achieved,
+        bandwidth_fraction=achieved / bandwidth,
+    )
+
+
+def _memory(run: _ParityRun) -> measurements.ImplMemory:
+    return measurements.ImplMemory(
+        state_bytes_per_param=run.state_bytes_per_param,
+        peak_memory_bytes=run.peak_bytes,
+        step_extra_memory_bytes=run.step_extra_bytes,
+    )
 
 
 @dataclass(frozen=True)
@@ -236,15 +256,15 @@ def _time_steps(
             optimizer = target.factory(target.params(inputs.params, inputs.grads), **impl_kwargs)
             for _ in range(bench.warmup):
                 optimizer.step()
-            _synchronize(target.device)
+            synchronize(target.device)
         except Exception as exc:
             unavailable[name] = _describe(exc)
             continue
         optimizers[name] = optimizer
 
     times: dict[str, list[float]] = {name: [] for name in optimizers}
-    timer = _cuda_event_ms if target.device.type == "cuda" else _perf_counter_ms
-    with _gc_paused():
+    timer = timer_ms(target.device)
+    with gc_paused():
         for repeat in range(bench.repeats):
             names = list(optimizers)
             shift = repeat % len(names) if names else 0
@@ -258,51 +278,19 @@ def _time_steps(
     return times, moved
 
 
-def _perf_counter_ms(step: Callable[[], Any], device: torch.device) -> float:
-    _synchronize(device)
-    began = time.perf_counter()
-    step()
-    _synchronize(device)
-    return (time.perf_counter() - began) * 1e3
-
-
-def _cuda_event_ms(step: Callable[[], Any], device: torch.device) -> float:
-    # Synchronise first so the queue is empty: the events then span launch overhead too, which is
-    # exactly what fused and foreach kernels exist to remove.
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(device)
-    start.record()
-    step()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end)
-
-
-def _parity(runs: Mapping[str, _ParityRun], tolerance: Tolerance) -> dict[str, Any]:
-    parity: dict[str, Any] = {}
-    reference = runs.get(REFERENCE)
-    if reference is not None:
-        for name, run in runs.items():
-            if name != REFERENCE:
-                parity[name] = _compare(run.final, reference.final, tolerance)
-    parity["tolerance"] = {"atol": tolerance.atol, "rtol": tolerance.rtol}
-    return parity
-
-
-def _compare(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance) -> dict[str, Any]:
+def _compare(candidate: torch.Tensor, reference: torch.Tensor, tol: Tolerance) -> measurements.ParityCheck:
     """Largest differences, and whether |a - b| <= atol + rtol * |b| holds everywhere (NaN only matches NaN).
 
     Works in place on `candidate`, which it consumes: fresh memory is slow to fault in on some hosts.
     """
     if candidate.numel() == 0:
-        return {"max_abs": 0.0, "max_rel": 0.0, "ok": True}
+        return measurements.ParityCheck(max_abs=0.0, max_rel=0.0, ok=True)
     same = (candidate == reference).logical_or_(candidate.isnan().logical_and_(reference.isnan()))
     diff = candidate.sub_(reference).abs_().masked_fill_(same, 0.0).nan_to_num_(nan=math.inf)
     magnitude = reference.abs()
     rel = (diff / magnitude).masked_fill_(same.logical_or(reference == 0), 0.0).nan_to_num_(nan=math.inf)
     within = diff.le(magnitude.mul_(tol.rtol).add_(tol.atol)).logical_or_(same)
-    return {"max_abs": diff.max().item(), "max_rel": rel.max().item(), "ok": bool(within.all())}
+    return measurements.ParityCheck(max_abs=diff.max().item(), max_rel=rel.max().item(), ok=bool(within.all()))
 
 
 def _flat_copy(params: list[torch.Tensor]) -> torch.Tensor:
@@ -320,9 +308,9 @@ def _speedups(medians: Mapping[str, float]) -> dict[str, float]:
     }
 
 
-def _spread(times: list[float]) -> dict[str, float]:
+def _spread(times: list[float]) -> measurements.Spread:
     p25, _, p75 = statistics.quantiles(times, n=4, method="inclusive")
-    return {"p25": p25, "p75": p75, "min": min(times), "max": max(times)}
+    return measurements.Spread(p25=p25, p75=p75, min=min(times), max=max(times))
 
 
 def _tolerance(bench: BenchSettings, dtype: str) -> Tolerance:
@@ -354,52 +342,6 @@ def _dtype(cell: Cell) -> torch.dtype:
             f"Cell {cell.id}: '{cell.dtype}' is not a torch dtype; use one such as 'float32' or 'bfloat16'."
         )
     return dtype
-
-
-@contextlib.contextmanager
-def _bench_context(device: torch.device, threads: int) -> Iterator[None]:
-    """A fixed CPU thread count (restored after), or the CUDA device made current for events and streams."""
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            yield
-        return
-    previous = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(threads)
-        _settle_cpu_allocator()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _settle_cpu_allocator() -> None:
-    """Free one block just under glibc's 32 MiB dynamic mmap-threshold ceiling.
-
-    Until a process has freed a large block, glibc maps every big temporary afresh and returns it on
-    free, so the first bench in a process would time page faults that a training process, long past
-    its first large free, no longer pays (foreach steps ran ~1.7x slower). Elsewhere this costs nothing.
-    """
-    block = torch.empty(_SETTLE_BYTES, dtype=torch.uint8)
-    del block
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def _signature_names(cls: type) -> set[str]:

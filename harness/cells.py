@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.measurements import BenchResult, Environment
+
 AXES = ("optimizer", "device", "dtype", "kwargs", "builder")
 """Singular axis names, as `exclude`/`include` entries key them (`kwargs` names a variant)."""
 
@@ -122,9 +124,16 @@ class Record:
     state_bytes: int | None = None
     state_bytes_per_param: float | None = None
     peak_memory_bytes: int | None = None
-    bench: dict[str, Any] | None = None
-    env: dict[str, Any] = field(default_factory=dict)
+    bench: BenchResult | None = None
+    env: Environment = field(default_factory=Environment)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # `bench` and `env` are JSON objects on disk: their JSON form is accepted here and typed once.
+        if isinstance(self.bench, Mapping):
+            object.__setattr__(self, "bench", BenchResult.from_dict(self.bench))
+        if isinstance(self.env, Mapping):
+            object.__setattr__(self, "env", Environment.from_dict(self.env))
 
     @classmethod
     def for_cell(cls, cell: Cell, status: str, **fields: Any) -> Record:
@@ -145,7 +154,10 @@ class Record:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(dataclasses.replace(self, bench=None, env=Environment()))
+        data["bench"] = None if self.bench is None else self.bench.to_dict()
+        data["env"] = self.env.to_dict()
+        return data
 
     def to_json(self) -> str:
         """One line of JSON; NaN and infinity become null so every reader can parse it."""

@@ -236,7 +236,7 @@ def _tolerance(value: float | None) -> float:
 
 
 def _run_label(records: list[Record], source: str) -> str:
-    torch_versions = sorted({str(r.env["torch"]) for r in records if r.env.get("torch")})
+    torch_versions = sorted({r.env.torch for r in records if r.env.torch})
     return f"torch {', '.join(torch_versions) or '?'} ({source})"
 
 

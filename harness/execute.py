@@ -23,6 +23,7 @@ from harness.cells import Cell, Record
 from harness.classify import classify_error
 from harness.errors import HarnessError
 from harness.gpt import GPT, build_gpt, synthetic_batch
+from harness.measurements import Environment
 from harness.memory import device_name, state_bytes
 from harness.resolve import MissingDependency, ResolvedOptimizer, optimizer_package_versions, resolve_optimizer
 from harness.settings import Settings
@@ -224,18 +225,16 @@ def device_absence(device: str) -> tuple[str | None, str] | None:
     return None if present else (None, f"device {device!r} is not present on this machine.")
 
 
-def environment(device: str, resolved: ResolvedOptimizer | None) -> dict[str, Any]:
+def environment(device: str, resolved: ResolvedOptimizer | None) -> Environment:
     """Where a record came from: python, torch, the optimizer packages' versions and the device's name."""
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "packages": optimizer_package_versions(),
-        "device_name": device_name(device),
-    }
-    if resolved is not None:
-        env["optimizer_package"] = resolved.package
-        env["optimizer_package_version"] = resolved.version
-    return env
+    return Environment(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        packages=optimizer_package_versions(),
+        device_name=device_name(device),
+        optimizer_package=None if resolved is None else resolved.package,
+        optimizer_package_version=None if resolved is None else resolved.version,
+    )
 
 
 def _error_fields(exc: BaseException, cell: Cell) -> dict[str, Any]:

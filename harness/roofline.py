@@ -8,11 +8,11 @@ step time says how close an implementation comes to the hardware.
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
 from harness.memory import unique_params
+from harness.timing import timer_ms
 
 STREAM_MIB = {"cpu": 64, "cuda": 256}
 """Size of each tensor of the bandwidth probe: past the last-level cache, yet quick to run."""
@@ -54,27 +54,7 @@ def measure_device_bandwidth(device: torch.device, *, mib: int | None = None, re
 
 
 def _time_update(dst: torch.Tensor, src: torch.Tensor) -> float:
-    if dst.device.type == "cuda":
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize(dst.device)
-        start.record()
-        dst.add_(src)
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    _synchronize(dst.device)
-    began = time.perf_counter()
-    dst.add_(src)
-    _synchronize(dst.device)
-    return time.perf_counter() - began
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+    return timer_ms(dst.device)(lambda: dst.add_(src), dst.device) / 1e3
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

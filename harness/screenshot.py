@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 CHROMIUM = Path("/usr/bin/chromium")
 """Debian's Chromium: Playwright's own browser download cannot be relied on (offline CI machines)."""
+CHROMIUM_ENV = "HARNESS_CHROMIUM"
+"""Names the Chromium (or Chrome) executable to use instead of looking for one."""
+_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 LAUNCH_ARGS = (
     "--headless",
@@ -20,13 +25,29 @@ LAUNCH_ARGS = (
 _TIMEOUT_MS = 60_000
 
 
-def take_screenshot(html_path: Path, png_path: Path, *, executable: Path = CHROMIUM) -> str | None:
+def find_chromium() -> Path | None:
+    """`$HARNESS_CHROMIUM` if set, else the first Chromium or Chrome on PATH, else Debian's; None if none is there."""
+    named = os.environ.get(CHROMIUM_ENV)
+    if named:
+        return Path(named) if Path(named).is_file() else None
+    for name in _NAMES:
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    return CHROMIUM if CHROMIUM.is_file() else None
+
+
+def take_screenshot(html_path: Path, png_path: Path, *, executable: Path | None = None) -> str | None:
     """Save a full-page PNG of the report; None on success, else a sentence saying why there is none."""
     try:
         from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import sync_playwright
     except ImportError:
         return "The `playwright` Python package is not installed (pip install playwright)."
+    if executable is None:
+        executable = find_chromium()
+        if executable is None:
+            return f"No Chromium found: set {CHROMIUM_ENV}, or install one (on Debian: apt-get install chromium)."
     if not Path(executable).is_file():
         return f"No Chromium at {executable} (on Debian: apt-get install chromium)."
     html_path = Path(html_path).resolve()

@@ -22,11 +22,7 @@ from dataclasses import dataclass
 from harness.baseline import SPEEDUP_KEYS, BaselineEntry, bench_speedups
 from harness.cells import Record
 from harness.errors import HarnessError
-
-VERDICTS = ("regression", "fixed", "changed", "slower", "new", "not_run", "as_expected")
-"""Every verdict, most severe first (the order reports list them in)."""
-
-GATE_FAILING = frozenset({"regression", "fixed", "changed", "slower"})
+from harness.vocabulary import GATE_FAILING, VERDICTS
 
 
 @dataclass(frozen=True)
@@ -117,7 +113,7 @@ def gate_failed(verdicts: Iterable[Verdict]) -> bool:
 
 def count_verdicts(verdicts: Iterable[Verdict]) -> dict[str, int]:
     """How many cells got each verdict, every verdict listed (zeros too), most severe first."""
-    counts = dict.fromkeys(VERDICTS, 0)
+    counts: dict[str, int] = dict.fromkeys(VERDICTS, 0)
     for v in verdicts:
         counts[v.verdict] = counts.get(v.verdict, 0) + 1
     return counts
@@ -125,5 +121,5 @@ def count_verdicts(verdicts: Iterable[Verdict]) -> dict[str, int]:
 
 def sort_verdicts(verdicts: Iterable[Verdict]) -> list[Verdict]:
     """Most severe first, then by cell id."""
-    rank = {name: i for i, name in enumerate(VERDICTS)}
+    rank: dict[str, int] = {name: i for i, name in enumerate(VERDICTS)}
     return sorted(verdicts, key=lambda v: (rank.get(v.verdict, len(VERDICTS)), v.id))

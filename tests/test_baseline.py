@@ -20,6 +20,7 @@ from harness.baseline import (
 )
 from harness.cells import Cell, Record
 from harness.errors import HarnessError
+from harness.measurements import BenchResult, Environment
 
 CPU_ENV = {"python": "3.11.7", "torch": "2.14.1+cpu"}
 CUDA_ENV = {"python": "3.11.7", "torch": "2.11.0+cu130", "device_name": "NVIDIA H100"}
@@ -44,13 +45,13 @@ def record(
         ({"torch": "2.14.1+cpu"}, "cpu", "torch-2.14.1-cpu"),
         ({"torch": "2.11.0+cu130"}, "cuda:1", "torch-2.11.0-cuda"),
         ({"torch": "2.6.0"}, "mps", "torch-2.6.0-mps"),
-        ({"versions": {"torch": "2.5.1+rocm6.2"}}, "cuda", "torch-2.5.1-cuda"),
+        ({"torch": "2.5.1+rocm6.2"}, "cuda", "torch-2.5.1-cuda"),
         ({"torch": "2.14.1", "device": "cuda:0"}, None, "torch-2.14.1-cuda"),
         ({}, "cpu", "torch-unknown-cpu"),
     ],
 )
 def test_environment_key_strips_the_local_suffix_and_keeps_the_device_kind(env, device, key):
-    assert environment_key(env, device) == key
+    assert environment_key(Environment.from_dict(env), device) == key
 
 
 def test_baseline_path_is_one_json_file_per_key(tmp_path):
@@ -58,10 +59,10 @@ def test_baseline_path_is_one_json_file_per_key(tmp_path):
 
 
 def test_bench_speedups_keeps_only_finite_positive_fused_ratios():
-    bench = {"speedup": {"fused/foreach": 1.5, "fused/forloop": math.nan, "foreach/forloop": 2.0}}
+    bench = BenchResult(speedup={"fused/foreach": 1.5, "fused/forloop": math.nan, "foreach/forloop": 2.0})
     assert bench_speedups(bench) == {"fused/foreach": 1.5}
-    assert bench_speedups({"speedups": {"fused/forloop": 3}}) == {"fused/forloop": 3.0}
-    assert bench_speedups({"speedup": {"fused/foreach": True, "fused/forloop": -1.0}}) == {}
+    assert bench_speedups(BenchResult(speedup={"fused/foreach": None, "fused/forloop": -1.0})) == {}
+    assert bench_speedups(BenchResult.from_dict({"speedup": {"fused/forloop": 3}})) == {"fused/forloop": 3.0}
     assert bench_speedups(None) == {}
 
 
@@ -164,5 +165,5 @@ def test_a_malformed_baseline_names_the_file_and_the_fix(tmp_path, text, words):
 def test_an_unwritable_baseline_folder_fails_loudly(tmp_path):
     blocker = tmp_path / "reports"
     blocker.write_text("a file where the reports folder should be")
-    with pytest.raises(HarnessError, match="Cannot write the baseline file .*torch-2.14.1-cpu.json"):
+    with pytest.raises(HarnessError, match=r"Cannot write the baseline file .*torch-2\.14\.1-cpu\.json"):
         accept([record()], Path(blocker))

@@ -16,8 +16,10 @@ from harness.bench import (
     implementations,
     run_bench,
 )
-from harness.cells import Cell
+from harness.cells import Cell, Record
 from harness.errors import HarnessError
+from harness.execute import environment
+from harness.measurements import BenchResult
 from harness.memory import state_bytes_per_param
 from harness.roofline import bytes_moved_per_step, measure_device_bandwidth
 from harness.settings import BenchSettings, Settings
@@ -61,7 +63,9 @@ def resolved(cls: type) -> Resolved:
 
 
 def bench(cls: type, dtype: str = "float32", settings: Settings = SETTINGS, **kwargs: Any) -> dict[str, Any] | None:
-    return run_bench(resolved(cls), Cell(cls.__name__, "cpu", dtype, "plain", kwargs), settings)
+    """The bench as a record's JSON holds it."""
+    result = run_bench(resolved(cls), Cell(cls.__name__, "cpu", dtype, "plain", kwargs), settings)
+    return None if result is None else result.to_dict()
 
 
 class BrokenFusedSGD(torch.optim.SGD):
@@ -109,16 +113,33 @@ class FusedOnlySGD(torch.optim.SGD):
 
 
 @pytest.fixture(scope="module")
-def adamw() -> dict[str, Any]:
+def adamw_result() -> BenchResult:
     original = torch.get_num_threads()
     torch.set_num_threads(3)  # differs from the bench's 1, so a missing restore shows
     try:
-        result = bench(torch.optim.AdamW)
+        result = run_bench(resolved(torch.optim.AdamW), Cell("AdamW", "cpu", "float32", "plain", {}), SETTINGS)
         assert torch.get_num_threads() == 3, "run_bench must restore the caller's thread count"
     finally:
         torch.set_num_threads(original)
     assert result is not None
     return result
+
+
+@pytest.fixture(scope="module")
+def adamw(adamw_result: BenchResult) -> dict[str, Any]:
+    return adamw_result.to_dict()
+
+
+def test_a_record_with_a_bench_reads_back_identical(adamw_result):
+    cell = Cell("torch.optim.AdamW", "cpu", "float32", "plain", {}, "direct")
+    record = Record.for_cell(cell, "ok", bench=adamw_result, env=environment("cpu", None))
+    written = json.loads(record.to_json())
+    again = Record.from_dict(written)
+    assert again == record and again.bench == adamw_result
+    assert again.to_dict() == written
+    assert json.dumps(again.to_dict()) == json.dumps(written)  # the same keys in the same order, too
+    assert [impl.name for impl in adamw_result.implementations] == ["fused", "foreach", "forloop"]
+    assert adamw_result.gate_speedups() == {k: adamw_result.speedup[k] for k in ("fused/foreach", "fused/forloop")}
 
 
 def test_adamw_reports_every_key_as_plain_json(adamw):
@@ -313,8 +334,10 @@ def test_bad_cells_raise_sentences(field, value, message):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cuda_bench_times_with_events_and_measures_peak_memory(dtype):
-    result = run_bench(resolved(torch.optim.AdamW), Cell("AdamW", "cuda", dtype, "plain", {}), SETTINGS)
-    assert result is not None
+    typed = run_bench(resolved(torch.optim.AdamW), Cell("AdamW", "cuda", dtype, "plain", {}), SETTINGS)
+    assert typed is not None
+    result = typed.to_dict()
+    assert BenchResult.from_dict(json.loads(json.dumps(result))) == typed
     assert result["timer"] == "cuda_event" and result["threads"] is None
     assert result["unavailable"] == {}
     assert result["parity_ok"] is True

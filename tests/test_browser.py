@@ -1,21 +1,14 @@
 """The HTML report driven in headless Chromium: filters, the detail view, escaping, no network at all.
 
-The test installs what it needs (the `playwright` package with pip, Debian's Chromium with apt-get when
-run as root) and skips, saying why, only when no browser can be had. Playwright's own browser download
-is never used: it needs a network that CI machines may not have.
+Nothing is installed here: CI installs Debian's Chromium (`.ci/run`) and the `tests` nox session installs
+`playwright`; where either is absent the browser tests skip, saying which. Playwright's own browser
+download is never used: it needs a network that CI machines may not have.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import importlib.util
 import itertools
 import json
-import os
-import shutil
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,81 +16,27 @@ from types import SimpleNamespace
 import pytest
 
 from harness.baseline import BaselineEntry
-from harness.cells import STATUSES, Cell, Record
+from harness.cells import Cell, Record
 from harness.report import render_html
-from harness.screenshot import CHROMIUM, LAUNCH_ARGS, take_screenshot
+from harness.screenshot import CHROMIUM_ENV, LAUNCH_ARGS, find_chromium, take_screenshot
 from harness.verdict import judge
+from harness.vocabulary import STATUSES
 
 RECORDS = Path(__file__).parent / "resources" / "records" / "every_status.jsonl"
 XSS = "<script>alert(1)</script>"
-_LOCK = Path(os.environ.get("TMPDIR", "/tmp")) / "harness-test-browser-install.lock"
-
-
-@contextlib.contextmanager
-def _install_lock():
-    """One installer at a time when pytest-xdist runs this module in several workers."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: nothing to install with apt-get anyway
-        yield
-        return
-    with open(_LOCK, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _run(command: list[str], timeout: int) -> str | None:
-    """None when the command succeeded, else the tail of what it printed."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        return str(exc)
-    return None if done.returncode == 0 else (done.stderr or done.stdout).strip()[-300:]
-
-
-def _ensure_playwright() -> str | None:
-    if importlib.util.find_spec("playwright") is not None:
-        return None
-    with _install_lock():
-        if importlib.util.find_spec("playwright") is None:
-            failure = _run([sys.executable, "-m", "pip", "install", "--quiet", "playwright"], timeout=600)
-            importlib.invalidate_caches()
-            if importlib.util.find_spec("playwright") is None:
-                return f"The `playwright` package is missing and `pip install playwright` failed: {failure}"
-    return None
-
-
-def _ensure_chromium() -> str | None:
-    if CHROMIUM.is_file():
-        return None
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return f"No Chromium at {CHROMIUM}, and installing it needs root and apt-get (apt-get install chromium)."
-    with _install_lock():
-        failure = None
-        if not CHROMIUM.is_file():
-            failure = _run(["apt-get", "install", "-y", "-qq", "chromium"], timeout=900)
-        if not CHROMIUM.is_file():  # a fresh machine may have no package lists yet
-            failure = _run(["apt-get", "update", "-qq"], timeout=300) or _run(
-                ["apt-get", "install", "-y", "-qq", "chromium"], timeout=900
-            )
-    return None if CHROMIUM.is_file() else f"No Chromium at {CHROMIUM}; apt-get install chromium failed: {failure}"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    reason = _ensure_playwright() or _ensure_chromium()
-    if reason:
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=list(LAUNCH_ARGS))
+    """Headless Chromium through Playwright; the test skips, saying why, where either is absent."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the `playwright` package is not installed (`nox -s tests` installs it)"
+    )
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip(f"no Chromium found: set {CHROMIUM_ENV} or install one (CI: apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(chromium), args=list(LAUNCH_ARGS))
         yield launched
         launched.close()
 
@@ -146,13 +85,13 @@ def test_the_status_filter_leaves_only_the_chosen_cells(page):
         if box.get_attribute("value") != "ok":
             box.uncheck()
     assert visible_statuses(p) == ["ok"] * 6
-    assert p.locator("#f-count").inner_text() == "6 of 13 cells shown"
+    assert p.locator("#f-count").inner_text() == "6 of 14 cells shown"
     assert p.locator("tr.row", has_text="AdamW8bit").is_visible()  # its ok cell keeps the row ...
     assert p.locator("td.cell[data-status=no_learning]").is_hidden()  # ... but not its no_learning cell
     assert p.locator("tr.row", has_text="torch.optim.SGD").is_hidden()  # a row with no ok cell goes
     assert p.locator("#matrix thead th", has_text="cuda").is_hidden()  # and so does a column
     p.click("#f-reset")
-    assert len(visible_statuses(p)) == 13
+    assert len(visible_statuses(p)) == 14
     assert_offline_and_clean(page)
 
 
@@ -181,7 +120,7 @@ def test_free_text_and_axis_filters_hide_and_show_cells(page):
     p.select_option("#f-verdict", "regression")
     assert visible_statuses(p) == ["step_error"]
     p.select_option("#f-verdict", "")
-    assert len(visible_statuses(p)) == 13
+    assert len(visible_statuses(p)) == 14
     assert_offline_and_clean(page)
 
 
@@ -222,6 +161,23 @@ def test_the_detail_view_draws_the_loss_curve_timings_and_bench(page):
 
 
 @pytest.mark.browser
+def test_the_mismatch_status_has_its_own_filter_colour_and_symbol(page):
+    p = page.page
+    for box in p.locator("input.f-status").all():
+        if box.get_attribute("value") != "mismatch":
+            box.uncheck()
+    assert visible_statuses(p) == ["mismatch"]
+    cell = p.locator("#matrix td.cell[data-status=mismatch]")
+    assert " ".join(cell.inner_text().split()).startswith("≠ mismatch")
+    colours = p.evaluate(
+        "() => [...document.querySelectorAll('#matrix td.cell')].map(c => getComputedStyle(c).backgroundColor)"
+    )
+    mine = cell.evaluate("c => getComputedStyle(c).backgroundColor")
+    assert colours.count(mine) == 1  # no other status shares its colour
+    assert_offline_and_clean(page)
+
+
+@pytest.mark.browser
 def test_take_screenshot_saves_a_png(report, tmp_path, browser):
     png = tmp_path / "shots" / "report.png"
     # Its own Playwright in another thread: a sync Playwright (the `browser` fixture's) cannot nest.
@@ -236,6 +192,17 @@ def test_take_screenshot_explains_a_missing_browser_instead_of_raising(report, t
     reason = take_screenshot(report, tmp_path / "x.png", executable=tmp_path / "no-chromium")
     assert reason is not None and ("no-chromium" in reason or "playwright" in reason)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_find_chromium_takes_the_named_executable_or_none(tmp_path, monkeypatch):
+    named = tmp_path / "my-chromium"
+    named.write_text("#!/bin/sh\n")
+    monkeypatch.setenv(CHROMIUM_ENV, str(named))
+    assert find_chromium() == named
+    monkeypatch.setenv(CHROMIUM_ENV, str(tmp_path / "absent"))
+    assert find_chromium() is None
+    reason = take_screenshot(tmp_path / "r.html", tmp_path / "x.png")
+    assert reason is not None and (CHROMIUM_ENV in reason or "playwright" in reason)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from harness.execute import (
     parse_dtype,
     run_cell,
 )
+from harness.measurements import BenchResult
 from harness.resolve import MissingDependency, resolve_optimizer
 from harness.settings import Settings
 
@@ -208,9 +209,9 @@ def test_an_unknown_device_is_skipped_as_unsupported():
 @needs_grok
 def test_every_record_names_its_environment():
     env = run("bitsandbytes.optim.AdamW8bit", {"lr": 3e-3}).env
-    assert env["torch"] == torch.__version__ and env["python"].count(".") == 2
-    assert env["optimizer_package"] == "bitsandbytes" and env["optimizer_package_version"] == bitsandbytes.__version__
-    assert env["packages"]["grokadamw"] is not None and env["device_name"]
+    assert env.torch == torch.__version__ and env.python is not None and env.python.count(".") == 2
+    assert env.optimizer_package == "bitsandbytes" and env.optimizer_package_version == bitsandbytes.__version__
+    assert env.packages is not None and env.packages["grokadamw"] is not None and env.device_name
 
 
 def test_the_same_cell_gives_the_same_losses():
@@ -272,7 +273,7 @@ def test_bench_runs_only_for_ok_cells_the_filters_choose():
     chosen = run_cell(Cell("torch.optim.AdamW", "cpu", "float32", "plain", {"lr": 3e-3}, "direct"), settings)
     other = run_cell(Cell("torch.optim.AdamW", "cpu", "float32", "fast", {"lr": 3e-3}, "direct"), settings)
     failed = run_cell(Cell("torch.optim.AdamW", "cpu", "float32", "plain", {"lr": 0.0}, "direct"), settings)
-    assert chosen.status == "ok" and isinstance(chosen.bench, dict) and chosen.bench
+    assert chosen.status == "ok" and isinstance(chosen.bench, BenchResult) and chosen.bench.implementations
     assert other.bench is None and failed.status == "no_learning" and failed.bench is None
 
 
@@ -289,7 +290,7 @@ def test_device_absence():
 
 def test_environment_without_an_optimizer():
     env = environment("cpu", None)
-    assert "optimizer_package" not in env and env["torch"] == torch.__version__
+    assert env.optimizer_package is None and env.torch == torch.__version__
 
 
 # --- classification against the messages real optimizers and kernels raise ---------------------------
@@ -396,7 +397,7 @@ def test_cuda_cell_trains_and_measures_peak_memory(dtype, kwargs):
     record = run("torch.optim.AdamW", {"lr": 3e-3, **kwargs}, dtype=dtype, device="cuda")
     assert record.status == "ok", record.error_message
     assert record.peak_memory_bytes > record.state_bytes > 0
-    assert record.env["device_name"] == torch.cuda.get_device_name()
+    assert record.env.device_name == torch.cuda.get_device_name()
 
 
 @needs_cuda

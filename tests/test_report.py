@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.baseline import BaselineEntry
-from harness.cells import STATUSES, Cell, Record
+from harness.cells import Cell, Record
 from harness.errors import HarnessError
 from harness.report import (
     STATUS_SYMBOLS,
@@ -24,7 +25,8 @@ from harness.report import (
     status_counts,
     write_reports,
 )
-from harness.verdict import judge
+from harness.verdict import Verdict, judge
+from harness.vocabulary import STATUSES
 
 RESOURCES = Path(__file__).parent / "resources" / "records"
 XSS = "<script>alert(1)</script>"
@@ -180,6 +182,30 @@ def test_verdicts_come_first_with_regressions_on_top(html):
     assert regressed.attrs["title"] == "torch.optim.AdamW-cpu-float32-fused-direct"
 
 
+def test_a_lost_cell_fails_the_gate_and_heads_the_verdicts(records, verdicts):
+    lost = Verdict("torch.optim.Adam-cuda-float32-plain-direct", "lost", "ok", "no record", "Selected, left no record.")
+    with_lost = [*verdicts, lost]
+    doc = parse(render_html(records, with_lost, title="t"))
+    [gate] = doc.find_all("div", id="gate")
+    assert "FAILED" in gate.text and "∅ 1 lost" in gate.text
+    [failing, *_] = doc.find_all("table", class_="verdict-table")
+    [first, *_] = failing.find_all("tr", class_="v-row")
+    assert first.find_all("td")[0].text == "∅lost" and first.find_all("td")[1].text == lost.id  # no cell to open
+    md = render_summary_md(records, with_lost)
+    changes = md[md.index("## Changes against the baseline") : md.index("## Fused speed-ups")]
+    assert [line for line in changes.splitlines() if line.startswith("| ∅")] == [
+        "| ∅ lost | torch.optim.Adam-cuda-float32-plain-direct | ok | no record | Selected, left no record. |"
+    ]
+    assert changes.index("∅ lost") < changes.index("▼ regression")
+
+
+def test_every_status_of_the_vocabulary_is_a_filter_and_mismatch_fails(html, records):
+    doc = parse(html)
+    assert [box.attrs["value"] for box in doc.find_all("input", class_="f-status")] == list(STATUSES)
+    md = render_summary_md(records, None)
+    assert "≠ **mismatch / other** (1): torch.optim.Adam-cpu-float32-plain-direct" in md
+
+
 def test_without_a_baseline_the_gate_is_not_checked(records):
     doc = parse(render_html(records, None, title="t"))
     assert "not checked" in doc.find_all("div", id="gate")[0].text
@@ -226,7 +252,7 @@ def test_speedups_are_tabled_and_charted_per_device(html):
 def test_the_environment_is_shown(html):
     [section] = parse(html).find_all("section", id="environment")
     assert "2.14.1+cpu" in section.text and "NVIDIA H100 80GB HBM3" in section.text
-    assert "11 cells on cpu" in section.text
+    assert "12 cells on cpu" in section.text
 
 
 def test_two_thousand_cells_stay_small_and_store_each_traceback_once(records):
@@ -304,7 +330,7 @@ def test_write_reports_fails_loudly_when_it_cannot_write(tmp_path, records):
 
 
 def test_compare_lists_the_cells_that_differ_first(records):
-    newer = [r.replace(env={**r.env, "torch": "2.15.0+cpu"}) for r in records]
+    newer = [r.replace(env=dataclasses.replace(r.env, torch="2.15.0+cpu")) for r in records]
     newer[0] = newer[0].replace(status="step_error", reason="other", error_message=XSS)
     newer = newer[:-1]  # the last cell did not run in the newer environment
     html = render_compare_html([("torch 2.14", records), ("torch 2.15", newer)], title="compare")
