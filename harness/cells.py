@@ -125,6 +125,8 @@ class Record:
     bench: dict[str, Any] | None = None
     env: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    environment: str = ""
+    """The named environment (matrix `environments:`) the cell ran in; "" for the current interpreter."""
 
     @classmethod
     def for_cell(cls, cell: Cell, status: str, **fields: Any) -> Record:

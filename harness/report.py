@@ -809,6 +809,8 @@ def _run_label(records: Sequence[Record]) -> dict[str, str]:
 
 def render_compare_html(runs: list[tuple[str, list[Record]]], *, title: str) -> str:
     """Runs side by side, one column each; the cells whose outcome differs between runs come first."""
+    from harness.report_releases import STATE_SYMBOLS, difference_rank, release_rows
+
     by_run = [{r.id: r for r in records} for _, records in runs]
     ids = _ordered(cell_id for run in by_run for cell_id in run)
 
@@ -819,8 +821,9 @@ def render_compare_html(runs: list[tuple[str, list[Record]]], *, title: str) -> 
     for cell_id in sorted(ids):
         row = {"id": cell_id, "cells": [run.get(cell_id) for run in by_run]}
         (differing if len({outcome(c) for c in row["cells"]}) > 1 else same).append(row)
-    # A cell that ran everywhere and changed outcome is the news; one missing from a run comes after.
-    differing.sort(key=lambda row: any(cell is None for cell in row["cells"]))
+    # A cell that ran everywhere and changed outcome is the news; one missing from a run comes after, and
+    # a difference that is only a missing package last (harness.report_releases).
+    differing.sort(key=lambda row: difference_rank(row["cells"]))
     return (
         _jinja()
         .get_template("compare.html.j2")
@@ -833,5 +836,8 @@ def render_compare_html(runs: list[tuple[str, list[Record]]], *, title: str) -> 
             differing=differing,
             same=same,
             short=_short,
+            releases=release_rows(runs),
+            names=[name for name, _ in runs],
+            symbols=STATE_SYMBOLS,
         )
     )
