@@ -311,12 +311,13 @@ def _build(environment: Environment, path: Path) -> None:
     elif installed_version("torch"):
         held = [f"torch=={installed_version('torch')}"]
     _pip_install(environment, python, requirements, constraints=held)
-    _check_imports(environment, python)
+    if environment.pins_torch:  # another torch: its companions must load beside it (a torch import costs seconds)
+        _check_imports(environment, python)
 
 
 def _check_imports(environment: Environment, python: Path) -> None:
-    """torch (and its companions, after a torch pin) must import in the new environment."""
-    modules = ["torch"] + ([c for c in TORCH_COMPANIONS if installed_version(c)] if environment.pins_torch else [])
+    """torch and its companions (torchvision) must import in an environment that pins torch."""
+    modules = ["torch"] + [c for c in TORCH_COMPANIONS if installed_version(c)]
     code = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)"
     result = subprocess.run([str(python), "-c", code, *modules], capture_output=True, text=True, check=False)
     if result.returncode != 0:
