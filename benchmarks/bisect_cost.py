@@ -58,7 +58,8 @@ def main(argv: list[str]) -> int:
         firsts = re.findall(r"\*\*([^*]+)\*\*", (out / "bisect.md").read_text())
         print(f"command: python -m harness bisect {' '.join(args)}")
         print(f"releases in range:    {releases}")
-        print(f"environments built:   {built} (bound log2({releases}) + 2 = {math.log2(releases) + 2:.1f})")
+        bound = 2 + math.ceil(math.log2(max(releases - 1, 1)))  # both ends, then a binary search of the gaps
+        print(f"environments built:   {built} (worst case: 2 ends + ceil(log2({releases - 1} gaps)) = {bound})")
         print(f"wall time:            {wall:.1f} s")
         print(f"first new release:    {', '.join(firsts) or 'no cell changed'}")
         if expected is not None and firsts != [expected]:
