@@ -171,4 +171,4 @@ def render_compare_md(runs: Sequence[Run], *, limit: int = 60) -> str:
         if len(differing) > limit:
             lines.append(f"\n… and {len(differing) - limit} more: see compare.html.")
         lines.append("")
-    return "\n".join(lines) + render_releases_md(release_rows(runs), names, limit=limit)
+    return "\n".join(lines).rstrip("\n") + "\n\n" + render_releases_md(release_rows(runs), names, limit=limit)
