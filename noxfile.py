@@ -1,7 +1,9 @@
-"""Sessions: `lint` (ruff, mypy), `tests` (the suite, in parallel), `matrix` (the default matrix per torch version), `bench`.
+"""Sessions: `lint` (ruff, mypy), `tests` (the suite, in parallel), `matrix` (the default matrix in every
+environment it declares, then one comparison), `bench`.
 
 Run `nox -l` to list them. Every session installs what it needs into its own virtualenv with pip
-(torch comes from pip's configured indexes; timm needs a matching torchvision).
+(torch comes from pip's configured indexes). The torch versions and other pins the matrix runs against
+are matrix.yaml's `environments:`; the harness builds and caches each one (`harness.environments`).
 """
 
 from __future__ import annotations
@@ -13,18 +15,16 @@ import nox
 nox.options.sessions = ["tests"]
 nox.options.default_venv_backend = "venv"
 
-# torch versions the default matrix runs against, and the torchvision that matches each (timm needs it).
-TORCH = {"2.14.1": "0.29.1", "2.13.0": None}
+# The torch the sessions install; other versions are matrix.yaml `environments:` (built by the harness).
 LATEST = "2.14.1"
+VISION = "0.29.1"  # the torchvision released with LATEST (timm needs one)
 OPTIMIZER_PACKAGES = ["bitsandbytes>=0.45", "grokadamw>=0.1", "timm>=1.0.15"]
 
 
-def _install(session: nox.Session, torch_version: str, *extra: str) -> None:
-    vision = TORCH[torch_version]
-    pins = [f"torch=={torch_version}"] + ([f"torchvision=={vision}"] if vision else [])
+def _install(session: nox.Session, *extra: str) -> None:
+    pins = [f"torch=={LATEST}", f"torchvision=={VISION}"]
     session.install(*pins)
-    packages = OPTIMIZER_PACKAGES if vision else [p for p in OPTIMIZER_PACKAGES if not p.startswith("timm")]
-    session.install("-e", ".", *packages, *extra, *pins)
+    session.install("-e", ".", *OPTIMIZER_PACKAGES, *extra, *pins)
 
 
 @nox.session
@@ -39,26 +39,42 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite, in parallel with pytest-xdist (pass pytest options after --)."""
-    _install(session, LATEST, "hypothesis>=6.100", "playwright>=1.45")
+    _install(session, "hypothesis>=6.100", "playwright>=1.45")
     session.run("pytest", "-n", "auto", "tests", *session.posargs)
 
 
 @nox.session
-@nox.parametrize("torch", list(TORCH))
-def matrix(session: nox.Session, torch: str) -> None:
-    """The default matrix.yaml against one torch version: results, HTML report, screenshot, gate."""
-    _install(session, torch, "playwright>=1.45")
-    out = Path("reports") / f"torch-{torch}"
-    session.run("python", "-m", "harness", "run", "matrix.yaml", "--out", str(out), "--screenshot", *session.posargs)
-    session.notify("compare")
+def matrix(session: nox.Session) -> None:
+    """The default matrix.yaml in every environment it declares, then one report comparing them.
+
+    Each environment writes `reports/<name>/` (results, HTML report, screenshot, summary, junit, gate);
+    `reports/compare.html` and `reports/compare.md` put them side by side. An environment that cannot
+    be built (exit status 2) or fails its gate fails the session, after every other one has run.
+    """
+    _install(session, "playwright>=1.45")
+    listed = session.run("python", "-m", "harness", "environments", "matrix.yaml", "--names", silent=True)
+    names = str(listed or "").split() or ["current"]  # a matrix without environments runs as it is
+    failed = []
+    for name in names:
+        env = ["--env", name] if listed else []
+        try:
+            session.run("python", "-m", "harness", "run", "matrix.yaml", *env, "--out", f"reports/{name}",
+                        "--screenshot", *session.posargs)  # fmt: skip
+        except nox.command.CommandFailed:
+            failed.append(name)
+    runs = [f"reports/{name}" for name in names if Path(f"reports/{name}/results.jsonl").exists()]
+    if runs:
+        session.run("python", "-m", "harness", "compare", *runs, "--out", "reports/compare.html")
+    if failed:
+        session.error(f"environments that failed their gate or could not be built: {', '.join(failed)}")
 
 
 @nox.session
 def compare(session: nox.Session) -> None:
-    """One report with every torch version's results side by side (after `matrix`)."""
-    runs = sorted(str(p) for p in Path("reports").glob("torch-*/results.jsonl"))
+    """One report with every environment's results side by side (after `matrix`)."""
+    runs = sorted(str(p.parent) for p in Path("reports").glob("*/results.jsonl"))
     if not runs:
-        session.skip("no results under reports/torch-*/ yet: run `nox -s matrix` first")
+        session.skip("no results under reports/*/ yet: run `nox -s matrix` first")
     session.install("-e", ".", f"torch=={LATEST}")
     session.run("python", "-m", "harness", "compare", *runs, "--out", "reports/compare.html")
 
@@ -66,6 +82,6 @@ def compare(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks that print figures: the harness's own cost (-n 1 vs -n 2) and fused AdamW timing."""
-    _install(session, LATEST)
+    _install(session)
     session.run("python", "benchmarks/harness_overhead.py", *session.posargs)
     session.run("python", "benchmarks/independent_adamw.py")

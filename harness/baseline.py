@@ -74,8 +74,14 @@ def environment_key(env: Environment, device: str | None = None) -> str:
 
 
 def record_environment_key(record: Record) -> str:
-    """The baseline file a record belongs to: its run's torch version and its own device kind."""
-    return environment_key(record.env, record.device)
+    """The baseline file a record belongs to: its run's torch version, its device kind and named environment.
+
+    A named environment (`run --env bnb-0.49`) has a baseline of its own: it may share torch with the
+    current interpreter while its other packages differ.
+    """
+    key = environment_key(record.env, record.device)
+    name = getattr(record, "environment", "")
+    return f"{key}-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}" if name else key
 
 
 def baseline_path(reports_dir: Path, key: str) -> Path:

@@ -127,6 +127,8 @@ class Record:
     bench: BenchResult | None = None
     env: Environment = field(default_factory=Environment)
     extra: dict[str, Any] = field(default_factory=dict)
+    environment: str = ""
+    """The named environment (matrix `environments:`) the cell ran in; "" for the current interpreter."""
 
     def __post_init__(self) -> None:
         # `bench` and `env` are JSON objects on disk: their JSON form is accepted here and typed once.

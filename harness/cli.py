@@ -27,6 +27,7 @@ DEFAULT_OUT = "reports"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `run --env` re-runs them in the environment
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", default=DEFAULT_OUT, help="directory holding baselines/ (default: reports)")
     p.add_argument("--screenshot", action="store_true", help="also save report.png (needs Chromium)")
     p.add_argument("pytest_args", nargs="*", help="more pytest arguments, after --")
+    p.add_argument("--env", metavar="NAME", help="run in the matrix's environment NAME (built, cached on demand)")
     p.set_defaults(command=cmd_run)
 
     p = sub.add_parser("report", help="render report.html and summary.md from a results file")
@@ -82,6 +84,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+", help="results.jsonl files or their directories")
     p.add_argument("--out", default="reports/compare.html", help="output HTML file (default: reports/compare.html)")
     p.set_defaults(command=cmd_compare)
+
+    p = sub.add_parser("environments", help="list the matrix's named environments, or build them (--build)")
+    p.add_argument("matrix", nargs="?", default=DEFAULT_MATRIX, help="matrix file (default: ./matrix.yaml)")
+    p.add_argument("--build", action="store_true", help="build (or find in the cache) every environment listed")
+    p.add_argument("--names", action="store_true", help="only the names, one per line (for scripts)")
+    p.set_defaults(command=cmd_environments)
+
+    p = sub.add_parser("bisect", help="find the release of a package that changed cells' outcomes")
+    p.add_argument("matrix", nargs="?", default=DEFAULT_MATRIX, help="matrix file (default: ./matrix.yaml)")
+    p.add_argument("--package", required=True, help="the package whose releases are searched, e.g. bitsandbytes")
+    p.add_argument("--from", dest="old", required=True, metavar="OLD", help="the release with the old outcome")
+    p.add_argument("--to", dest="new", required=True, metavar="NEW", help="the release with the new outcome")
+    p.add_argument("-k", dest="keyword", help="only cells whose id matches this pytest -k expression")
+    p.add_argument("--out", default="reports/bisect", help="output directory (default: reports/bisect)")
+    p.add_argument("-n", "--workers", default="0", help="pytest-xdist workers per probe (default 0: none)")
+    p.add_argument("--env", metavar="NAME", help="probe over the pins of the matrix's environment NAME")
+    p.set_defaults(command=cmd_bisect)
 
     p = sub.add_parser("baseline", help="manage the accepted outcome of every cell")
     bsub = p.add_subparsers(required=True, metavar="ACTION")
@@ -112,6 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     matrix = load_matrix(args.matrix)
     _cells_of(matrix, args.shard)  # a bad matrix or shard fails here, cleanly, before pytest starts
+    if getattr(args, "env", None):
+        return _run_in_environment(matrix, args)
     out = Path(args.out)
     pytest_args = [
         str(args.matrix),
@@ -175,15 +196,60 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.records import read_records, results_path
     from harness.report import render_compare_html
+    from harness.report.releases import render_compare_md, run_name
 
     runs = []
     for source in args.results:
         records = read_records(results_path(source))
-        runs.append((_run_label(records, source), records))
+        runs.append((run_name(records, _run_label(records, source)), records))
     out = Path(args.out)
     _write_text(out, render_compare_html(runs, title="Optimizer matrix: comparison"))
     print(f"wrote {out}")
+    summary = out.with_suffix(".md")  # the same comparison for a CI job page: compare.html -> compare.md
+    _write_text(summary, render_compare_md(runs))
+    print(f"wrote {summary}")
     return 0
+
+
+def _run_in_environment(matrix: Matrix, args: argparse.Namespace) -> int:
+    """`run --env NAME`: build (or reuse) the environment, then run this same command inside it."""
+    from harness.environments import ensure_environment, find_environment, without_env_option
+
+    built = ensure_environment(find_environment(matrix, args.env))
+    where = f"cached at {built.path}" if built.path else "the current interpreter"
+    print(f"environment {args.env}: {built.environment.describe()} ({where})", flush=True)
+    return built.run_harness(without_env_option(args.argv))
+
+
+def cmd_environments(args: argparse.Namespace) -> int:
+    from harness.environments import ensure_environment, environment_path, environments_of
+    from harness.spec import load_matrix
+
+    environments = environments_of(load_matrix(args.matrix))
+    failed = 0
+    for name, environment in environments.items():
+        if args.names:
+            print(name)
+            continue
+        if args.build:
+            try:
+                built = ensure_environment(environment)
+            except HarnessError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            where = str(built.path or built.python)
+            print(f"{name}: {environment.describe()} -> {where} ({'reused' if built.reused else 'built'})")
+        else:
+            where = "current interpreter" if environment.is_current else str(environment_path(environment))
+            print(f"{name}: {environment.describe()} ({where})")
+    return 2 if failed else 0
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from harness.bisect import bisect_command
+
+    return bisect_command(args)
 
 
 def cmd_baseline_accept(args: argparse.Namespace) -> int:

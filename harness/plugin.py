@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from harness.cells import Cell, Record
+from harness.environments import NAME_ENV as ENVIRONMENT_NAME
 from harness.errors import HarnessError
 from harness.exclusive import LOCK_DIR_ENV
 from harness.isolate import CellRunner
@@ -116,6 +117,8 @@ class CellItem(pytest.Item):
 
     def runtest(self) -> None:
         record = self.config.stash[_RUNNER_KEY].run(self.cell, self.settings)
+        if os.environ.get(ENVIRONMENT_NAME):  # `run --env NAME` re-ran the harness inside that environment
+            record = record.replace(environment=os.environ[ENVIRONMENT_NAME])
         append_record(results_path(self.config.getoption("matrix_out")), record)
         self.user_properties.append(("status", record.status))
         if record.reason:

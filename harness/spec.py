@@ -68,6 +68,8 @@ class Matrix:
     exclude: tuple[dict[str, Any], ...] = ()
     include: tuple[dict[str, Any], ...] = ()
     settings: Settings = field(default_factory=Settings)
+    environments: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Named sets of package pins (`{torch-2.13: {torch: "2.13.0"}}`); `harness.environments` builds them."""
     lines: Mapping[KeyPath, int] = field(default_factory=dict, repr=False, compare=False)
     """The 1-based line of each key or list item, by its path (`("include", 0, "device")`)."""
 
@@ -126,6 +128,7 @@ def matrix_from_data(
         exclude=tuple(dict(entry) for entry in spec.exclude),
         include=tuple(dict(entry) for entry in spec.include),
         settings=Settings(train=spec.train, model=spec.model, bench=spec.bench),
+        environments={name: dict(pins or {}) for name, pins in spec.environments.items()},
         lines=lines,
     )
     _check_matrix(matrix)
@@ -384,6 +387,12 @@ class _MatrixSpec(_Section):
     train: TrainSettings = TrainSettings()
     model: ModelSettings = ModelSettings()
     bench: BenchSettings = BenchSettings()
+    environments: dict[str, dict[str, str] | None] = Field(default_factory=dict)
+
+    @field_validator("environments", mode="before")
+    @classmethod
+    def _no_environments(cls, value: Any) -> Any:
+        return {} if value is None else value
 
     @field_validator("train", "model", "bench", "exclude", "include", mode="before")
     @classmethod
@@ -402,6 +411,7 @@ _EXAMPLES = {
     "builders": "builders: [direct, signature, safe]",
     "exclude": "exclude: [{device: cpu, dtype: float16}]",
     "include": "include: [{optimizer: torch.optim.AdamW, note: slow}]",
+    "environments": 'environments: {current: {}, torch-2.13: {torch: "2.13.0"}}',
 }
 
 

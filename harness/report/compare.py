@@ -9,6 +9,7 @@ from harness.baseline import device_kind
 from harness.cells import Record
 from harness.report.formatting import ordered, short, status_counts
 from harness.report.html import jinja
+from harness.report.releases import STATE_SYMBOLS, difference_rank, release_rows
 
 
 def _run_label(records: Sequence[Record]) -> dict[str, str]:
@@ -35,8 +36,9 @@ def render_compare_html(runs: list[tuple[str, list[Record]]], *, title: str) -> 
     for cell_id in sorted(ids):
         cells = [run.get(cell_id) for run in by_run]
         (differing if len({outcome(c) for c in cells}) > 1 else same).append({"id": cell_id, "cells": cells})
-    # A cell that ran everywhere and changed outcome is the news; one missing from a run comes after.
-    differing.sort(key=lambda row: any(cell is None for cell in row["cells"]))
+    # A cell that ran everywhere and changed outcome is the news; one missing from a run comes after, and
+    # a difference that is only a missing package last.
+    differing.sort(key=lambda row: difference_rank(row["cells"]))
     return (
         jinja()
         .get_template("compare.html.j2")
@@ -49,5 +51,8 @@ def render_compare_html(runs: list[tuple[str, list[Record]]], *, title: str) -> 
             differing=differing,
             same=same,
             short=short,
+            releases=release_rows(runs),
+            names=[name for name, _ in runs],
+            symbols=STATE_SYMBOLS,
         )
     )
