@@ -36,7 +36,8 @@ def main() -> None:
         print(f"{r.optimizer} {r.device} ({b.get('device_name')}) {r.dtype} threads={b.get('threads')}")
         print(f"    step: {steps}")
         print(
-            f"    speed-up: {speedup or '-'}; bandwidth fraction: {bandwidth or '-'} of {b.get('device_bandwidth_gbs', 0):.0f} GB/s"
+            f"    speed-up: {speedup or '-'}; bandwidth fraction: {bandwidth or '-'} "
+            f"of {b.get('device_bandwidth_gbs', 0):.0f} GB/s"
         )
         print(f"    parity vs forloop: {parity_text or '-'}")
         if b.get("unavailable"):

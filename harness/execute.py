@@ -155,7 +155,7 @@ def train(
         with warnings.catch_warnings(), _double_backward_attention(create_graph):
             # create_graph=True warns of a reference cycle on every step; it is what a second-order step needs.
             warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
-            optimizer.step(closure)
+            optimizer.step(closure)  # type: ignore[arg-type]  # torch's stub says the closure returns a float
         if evaluations == 0:
             raise RuntimeError(f"{type(optimizer).__name__}.step(closure) never called the closure.")
         if not math.isfinite(losses[-1]):

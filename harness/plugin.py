@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -25,6 +25,9 @@ from harness.records import append_record, finished_ids, results_path
 from harness.settings import Settings
 from harness.vocabulary import GATE_FAILING
 from harness.wording import first_line
+
+if TYPE_CHECKING:
+    from _pytest._code.code import TerminalRepr
 
 _RUNNER_KEY = pytest.StashKey[CellRunner]()
 
@@ -95,7 +98,7 @@ class MatrixFile(pytest.File):
             if cell.id not in done:
                 yield CellItem.from_parent(self, name=cell.id, cell=cell, settings=matrix.settings)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | TerminalRepr:
         if isinstance(excinfo.value, HarnessError):
             return f"error: {excinfo.value}"
         return super().repr_failure(excinfo)
@@ -133,7 +136,7 @@ class CellItem(pytest.Item):
                 f"{verdict}: {record.status} ({record.reason}): {first_line(record.error_message or record.judgement)}"
             )
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | TerminalRepr:
         if isinstance(excinfo.value, CellFailure):
             record, verdict = excinfo.value.record, excinfo.value.verdict
             lines = [

@@ -58,7 +58,7 @@ def status_symbol(status: str) -> str:
 
 def status_counts(records: Iterable[Record]) -> dict[str, int]:
     """Cells per status, every known status listed (zeros too), then any unknown ones."""
-    counts = dict.fromkeys(STATUSES, 0)
+    counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
     for record in records:
         counts[record.status] = counts.get(record.status, 0) + 1
     return counts

@@ -75,15 +75,20 @@ class _BenchFields(_Section):
     )
 
 
-BenchOverrides: type[_Section] = create_model(
+def _optional(annotation: Any) -> Any:
+    return annotation | None
+
+
+_OVERRIDE_FIELDS: dict[str, Any] = {
+    name: (_optional(info.annotation), FieldInfo.merge_field_infos(info, default=None, default_factory=None))
+    for name, info in _BenchFields.model_fields.items()
+    if name != "cells"
+}
+BenchOverrides = create_model(
     "BenchOverrides",
     __base__=_Section,
     __doc__="Bench settings one device kind sets in place of the general ones; unset fields are None.",
-    **{
-        name: (info.annotation | None, FieldInfo.merge_field_infos(info, default=None, default_factory=None))
-        for name, info in _BenchFields.model_fields.items()
-        if name != "cells"
-    },
+    **_OVERRIDE_FIELDS,
 )
 """`bench.devices.<kind>`: every bench setting but `cells`, each optional, checked as where it stands."""
 
@@ -91,7 +96,7 @@ BenchOverrides: type[_Section] = create_model(
 class BenchSettings(_BenchFields):
     __doc__ = _BenchFields.__doc__
 
-    devices: dict[str, BenchOverrides] = Field(  # type: ignore[valid-type]  # a model built by create_model
+    devices: dict[str, BenchOverrides] = Field(
         default_factory=dict,
         description="per device kind, bench settings that replace the ones above, e.g. `cuda: {d_model: 768, "
         "n_layers: 12}`: a GPU needs a far larger model than a CPU before its kernels, not their launches, "

@@ -224,7 +224,7 @@ class _MatrixSpec(_Section):
     devices: list[Annotated[str, _valid(_check_device_entry)]] = Field(default_factory=lambda: ["cpu"], min_length=1)
     dtypes: list[Annotated[str, _valid(check_dtype)]] = Field(default_factory=lambda: ["float32"], min_length=1)
     kwargs: dict[Annotated[str, _valid(_check_variant_name)], dict[str, Any]] = Field(
-        default_factory=lambda: {"plain": {}}, min_length=1
+        default_factory=lambda: {"plain": dict[str, Any]()}, min_length=1
     )
     builders: list[Annotated[str, _valid(check_builder)]] = Field(default_factory=lambda: ["direct"], min_length=1)
     exclude: list[dict[str, str]] = Field(default_factory=list)

@@ -90,12 +90,14 @@ def key_lines(root: yaml.Node, path: Path) -> dict[KeyPath, int]:
                         line=line,
                     )
                 first_at[key.value] = line
-                lines[(*where, key.value)] = line
-                stack.append((value, (*where, key.value)))
+                key_path = (*where, key.value)
+                lines[key_path] = line
+                stack.append((value, key_path))
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
-                lines[(*where, index)] = item.start_mark.line + 1
-                stack.append((item, (*where, index)))
+                item_path = (*where, index)
+                lines[item_path] = item.start_mark.line + 1
+                stack.append((item, item_path))
     return lines
 
 

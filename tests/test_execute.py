@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from torch.optim import optimizer as torch_optimizer
 
 from harness.cells import REASONS, Cell, Record
 from harness.classify import classify_error
+from harness.errors import HarnessError
 from harness.execute import (
     device_absence,
     environment,
@@ -278,7 +280,8 @@ def test_bench_runs_only_for_ok_cells_the_filters_choose():
 
 def test_parse_dtype_refuses_non_float_names():
     assert parse_dtype("bfloat16") is torch.bfloat16
-    with pytest.raises(Exception, match="unknown dtype 'int8'. Available: float32, float16, bfloat16, float64."):
+    expected = "unknown dtype 'int8'. Available: float32, float16, bfloat16, float64."
+    with pytest.raises(HarnessError, match=re.escape(expected)):
         parse_dtype("int8")
 
 

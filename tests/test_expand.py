@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -100,7 +101,7 @@ def test_an_exclude_glob_may_aim_at_a_family_whose_package_is_missing() -> None:
     cells = expand_matrix(matrix, expand_optimizer=lambda name: families[name])
 
     assert [cell.optimizer for cell in cells] == ["timm:*", "torch.optim.AdamW"]
-    with pytest.raises(MatrixError, match="unknown optimizer 'timm:kron[*]' in the matrix"):
+    with pytest.raises(MatrixError, match=re.escape("unknown optimizer 'timm:kron*' in the matrix")):
         expand_matrix(
             build(optimizers=["torch.optim.AdamW"], exclude=[{"optimizer": "timm:kron*"}]), expand_optimizer=identity
         )
@@ -363,7 +364,8 @@ def load_text(write_matrix, text: str) -> Matrix:
             """,
             5,
             "`include[0]` matches no combination, so it adds a new one, and a new combination must name every axis; "
-            "it lacks optimizer, dtype, kwargs, builder. Its device: unknown device 'cuda' in `devices`. Available: cpu.",
+            "it lacks optimizer, dtype, kwargs, builder. "
+            "Its device: unknown device 'cuda' in `devices`. Available: cpu.",
         ),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -186,7 +187,8 @@ def test_mistakes_become_one_sentence_at_their_line(write_matrix, document: str,
 
 
 def test_a_misspelt_key_is_reported_before_the_missing_key_it_explains() -> None:
-    with pytest.raises(MatrixError, match="unknown key 'optimisers' in the top level: did you mean 'optimizers'[?]"):
+    expected = "unknown key 'optimisers' in the top level: did you mean 'optimizers'?"
+    with pytest.raises(MatrixError, match=re.escape(expected)):
         matrix_from_data({"devices": ["cpu"], "optimisers": ["a.B"]}, path="m.yaml")
 
 
@@ -194,7 +196,7 @@ def test_include_may_carry_extra_keys_but_exclude_may_not() -> None:
     matrix = matrix_from_data({"optimizers": ["a.B"], "include": [{"device": "cpu", "color": "green"}]}, path="m.yaml")
     assert matrix.include == ({"device": "cpu", "color": "green"},)
 
-    with pytest.raises(MatrixError, match="`exclude\\[0\\]`: unknown axis 'color'. Available: optimizer,"):
+    with pytest.raises(MatrixError, match=re.escape("`exclude[0]`: unknown axis 'color'. Available: optimizer,")):
         matrix_from_data({"optimizers": ["a.B"], "exclude": [{"device": "cpu", "color": "green"}]}, path="m.yaml")
 
 
