@@ -18,6 +18,7 @@ import torch
 
 from harness import measurements
 from harness.cells import Cell
+from harness.dtypes import parse_dtype
 from harness.errors import HarnessError
 from harness.memory import device_name, state_bytes_per_param
 from harness.roofline import BANDWIDTH_METHOD, bytes_moved_per_step, measure_device_bandwidth
@@ -336,12 +337,7 @@ def _device(cell: Cell) -> torch.device:
 
 
 def _dtype(cell: Cell) -> torch.dtype:
-    dtype = getattr(torch, cell.dtype, None)
-    if not isinstance(dtype, torch.dtype):
-        raise HarnessError(
-            f"Cell {cell.id}: '{cell.dtype}' is not a torch dtype; use one such as 'float32' or 'bfloat16'."
-        )
-    return dtype
+    return parse_dtype(cell.dtype)
 
 
 def _signature_names(cls: type) -> set[str]:

@@ -120,7 +120,7 @@ class CellRunner:
 
     def _spawn(self) -> None:
         self.close()
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  # lives as long as the runner; closed by close()
         self._buffer = b""
         self._ready = False
         self._proc = subprocess.Popen(
@@ -156,7 +156,7 @@ class CellRunner:
             code = self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self._kill()
-            code = self._proc.returncode if self._proc else None
+            code = self._proc.returncode if self._proc else None  # type: ignore[assignment]  # None: no exit code
         tail = self._stderr_tail()
         self.close()
         return Record.for_cell(
