@@ -39,7 +39,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite, in parallel with pytest-xdist (pass pytest options after --)."""
-    _install(session, LATEST, "hypothesis>=6.100", "playwright>=1.45")
+    _install(session, LATEST, "hypothesis>=6.100", "playwright>=1.45", "jsonschema>=4.18")
     session.run("pytest", "-n", "auto", "tests", *session.posargs)
 
 
