@@ -24,6 +24,7 @@ from harness.classify import classify_error
 from harness.errors import HarnessError
 from harness.gpt import GPT, build_gpt, synthetic_batch
 from harness.memory import device_name, state_bytes
+from harness.quiet import import_messages
 from harness.resolve import MissingDependency, ResolvedOptimizer, optimizer_package_versions, resolve_optimizer
 from harness.settings import Settings
 
@@ -235,6 +236,9 @@ def environment(device: str, resolved: ResolvedOptimizer | None) -> dict[str, An
     if resolved is not None:
         env["optimizer_package"] = resolved.package
         env["optimizer_package_version"] = resolved.version
+    messages = import_messages()
+    if messages:
+        env["import_messages"] = messages  # what packages printed as they loaded (harness.quiet)
     return env
 
 
