@@ -23,6 +23,8 @@ from harness.exclusive import LOCK_DIR_ENV
 from harness.isolate import CellRunner
 from harness.records import append_record, finished_ids, results_path
 from harness.settings import Settings
+from harness.vocabulary import GATE_FAILING
+from harness.wording import first_line
 
 _RUNNER_KEY = pytest.StashKey[CellRunner]()
 
@@ -122,13 +124,13 @@ class CellItem(pytest.Item):
             self.user_properties.append(("reason", record.reason))
         verdict = _verdict_for(self.config, record, self.settings)
         self.user_properties.append(("verdict", verdict))
-        if verdict in _GATE_FAILING:
+        if verdict in GATE_FAILING:
             raise CellFailure(record, verdict)
         if record.status == "skipped":
             pytest.skip(f"{record.error_message or 'skipped'}")
         if record.status != "ok":
             pytest.xfail(
-                f"{verdict}: {record.status} ({record.reason}): {_first_line(record.error_message or record.judgement)}"
+                f"{verdict}: {record.status} ({record.reason}): {first_line(record.error_message or record.judgement)}"
             )
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
@@ -148,13 +150,6 @@ class CellItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"cell: {self.cell.id}"
-
-
-def _first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0][:200] if text and text.strip() else ""
-
-
-_GATE_FAILING = frozenset({"regression", "fixed", "changed", "slower"})
 
 
 def _uses_xdist(config: pytest.Config) -> bool:

@@ -9,6 +9,7 @@ what a schema cannot (duplicates, tags, cell ids that collide, names that must i
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ _SECTIONS_THAT_MAY_BE_EMPTY = ("train", "model", "bench", "exclude", "include")
 
 def matrix_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a matrix file, from `harness.spec`'s models plus what they check by code."""
-    from harness.spec import BUILTIN_BUILDERS, DTYPES, _MatrixSpec
+    # The patterns are the loader's own, so the schema and the loader agree on what a name may be.
+    from harness.spec import _BUILDER_FUNCTION, _DEVICE, _VARIANT_NAME, _MatrixSpec
+    from harness.vocabulary import BUILDERS, DTYPES
 
     schema = _MatrixSpec.model_json_schema(mode="validation")
     definitions = schema.setdefault("$defs", {})
@@ -38,19 +41,19 @@ def matrix_schema() -> dict[str, Any]:
         "each a name or {name, defaults}"
     )
     properties["devices"]["items"].update(
-        pattern=r"^[^:\s]+(:\d+)?$", examples=["cpu", "cuda", "cuda:1", "mps"], description="a torch device"
+        pattern=_anchored(_DEVICE.pattern), examples=["cpu", "cuda", "cuda:1", "mps"], description="a torch device"
     )
     properties["devices"]["description"] = "an absent device gives `skipped`, never a failure"
     properties["dtypes"]["items"] = {"enum": list(DTYPES)}
     properties["dtypes"]["description"] = "parameter dtypes"
     properties["builders"]["items"] = {
         "anyOf": [
-            {"enum": list(BUILTIN_BUILDERS)},
-            {"type": "string", "pattern": r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$"},
+            {"enum": list(BUILDERS)},
+            {"type": "string", "pattern": _anchored(_BUILDER_FUNCTION.pattern)},
         ],
         "description": "direct, signature, safe, or a framework's function written as 'package.module:function'",
     }
-    properties["kwargs"]["propertyNames"] = {"pattern": r"^[A-Za-z0-9_.+]+$"}
+    properties["kwargs"]["propertyNames"] = {"pattern": _anchored(_VARIANT_NAME.pattern)}
     properties["kwargs"]["description"] = "named variants of keyword arguments, applied on top of each entry's defaults"
     properties["exclude"]["items"]["propertyNames"] = {"enum": list(AXES)}
     properties["exclude"]["description"] = "GitHub Actions strategy.matrix semantics: partial match on axes"
@@ -96,3 +99,8 @@ def _kept(section: dict[str, Any]) -> dict[str, Any]:
 
 def _without_default(section: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in section.items() if key not in ("title", "description", "default")}
+
+
+def _anchored(pattern: str) -> str:
+    """A `re.fullmatch` pattern as a JSON Schema (ECMA-262) one: anchored, and without Python's named groups."""
+    return "^(?:" + re.sub(r"\(\?P<\w+>", "(", pattern) + ")$"
