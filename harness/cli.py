@@ -102,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--env", metavar="NAME", help="probe over the pins of the matrix's environment NAME")
     p.set_defaults(command=cmd_bisect)
 
+    p = sub.add_parser("schema", help="print the JSON Schema of matrix files (what editors complete keys from)")
+    p.add_argument("--check", metavar="FILE", help="instead, exit 1 when FILE differs from the generated schema")
+    p.set_defaults(command=cmd_schema)
+
     p = sub.add_parser("baseline", help="manage the accepted outcome of every cell")
     bsub = p.add_subparsers(required=True, metavar="ACTION")
     b = bsub.add_parser("accept", help="accept a run's results as the baseline of its environment")
@@ -259,6 +263,17 @@ def cmd_baseline_accept(args: argparse.Namespace) -> int:
     records = read_records(results_path(args.results))
     for path in accept(records, Path(args.baselines)):
         print(f"accepted {path}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from harness.schema import schema_text, stale_schema
+
+    if args.check:
+        problem = stale_schema(Path(args.check))
+        print(problem or f"{args.check} is up to date.", file=sys.stderr if problem else sys.stdout)
+        return 1 if problem else 0
+    sys.stdout.write(schema_text())
     return 0
 
 

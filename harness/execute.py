@@ -26,6 +26,7 @@ from harness.errors import HarnessError
 from harness.gpt import GPT, build_gpt, synthetic_batch
 from harness.measurements import Environment
 from harness.memory import device_name, state_bytes
+from harness.quiet import import_messages
 from harness.resolve import MissingDependency, ResolvedOptimizer, optimizer_package_versions, resolve_optimizer
 from harness.settings import Settings
 
@@ -226,6 +227,7 @@ def environment(device: str, resolved: ResolvedOptimizer | None) -> Environment:
         device_name=device_name(device),
         optimizer_package=None if resolved is None else resolved.package,
         optimizer_package_version=None if resolved is None else resolved.version,
+        import_messages=import_messages() or None,  # what packages printed as they loaded
     )
 
 

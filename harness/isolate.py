@@ -250,11 +250,11 @@ def _blame(record: Record, error: BaseException) -> Record:
 
 
 def _warm_up() -> None:
-    import importlib
+    from harness.quiet import quiet_import
 
     for module in _WARM_IMPORTS:
         try:
-            importlib.import_module(module)
+            quiet_import(module)  # what it prints goes to each record's env["import_messages"]
         except Exception:
             pass
     import torch

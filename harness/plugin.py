@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from harness.environments import NAME_ENV as ENVIRONMENT_NAME
 from harness.errors import HarnessError
 from harness.exclusive import LOCK_DIR_ENV
 from harness.isolate import CellRunner
+from harness.progress import MatrixProgress
 from harness.records import append_record, finished_ids, results_path
 from harness.settings import Settings
 from harness.vocabulary import GATE_FAILING
@@ -52,7 +52,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if _matrix_args(config) and (is_worker or not _uses_xdist(config)):
         config.stash[_RUNNER_KEY].start()  # imports torch while pytest collects
     if not is_worker and _matrix_args(config):
-        config.pluginmanager.register(Progress(config), "harness-progress")
+        config.pluginmanager.register(MatrixProgress(config), "harness-progress")  # harness.progress
         # Workers inherit this: their benchmarks take the machine exclusively (harness.exclusive).
         # One lock directory per machine, outside the reports, so two runs at once do not time each other.
         os.environ.setdefault(LOCK_DIR_ENV, str(Path(tempfile.gettempdir()) / "harness-locks"))
@@ -176,39 +176,3 @@ def _verdict_for(config: pytest.Config, record: Record, settings: Settings) -> s
         files[key] = read_baseline_file(baseline_path(Path(config.getoption("matrix_baselines")), key))
     entry = files[key].get(record.id)
     return judge_one(record, entry, speedup_tolerance=settings.bench.speedup_tolerance).verdict
-
-
-class Progress:
-    """A line on the terminal with cells done, left and failing, at most once a second."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.total = 0
-        self.done = 0
-        self.failing = 0
-        self.not_ok = 0
-        self.last = 0.0
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.total = sum(isinstance(item, CellItem) for item in session.items)
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
-        self.total = len(ids)  # under xdist the controller collects nothing itself
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call" and not (report.when == "setup" and report.skipped):
-            return
-        self.done += 1
-        self.failing += report.failed
-        self.not_ok += bool(getattr(report, "wasxfail", None))
-        now = time.monotonic()
-        if now - self.last >= 1.0 or self.done == self.total:
-            self.last = now
-            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None and self.total:
-                reporter.write_line(
-                    f"[matrix] {self.done}/{self.total} cells done, {self.total - self.done} left, "
-                    f"{self.failing} failing the gate, {self.not_ok} known incompatibilities"
-                )

@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from harness.errors import HarnessError, UnknownOptimizerError
+from harness.quiet import quiet_import
 from harness.wording import quote, unknown
 
 OPTIMIZER_PACKAGES = ("torch", "bitsandbytes", "grokadamw", "timm")
@@ -183,7 +184,7 @@ def _import(module_name: str) -> ModuleType:
     """Import a module; a missing package is `MissingDependency`, a missing module of an installed one a user error."""
     top = module_name.split(".")[0]
     try:
-        return importlib.import_module(module_name)
+        return quiet_import(module_name)  # what it prints goes to the records' env, not the terminal
     except ModuleNotFoundError as exc:
         missing = exc.name or top
         if missing == top:

@@ -28,6 +28,8 @@ class Environment:
     """Only in a reduced environment: the cell's device."""
     optimizer_package: str | None = None
     optimizer_package_version: str | None = None
+    import_messages: Mapping[str, str] | None = None
+    """What optimizer packages printed while they were imported, by module (`harness.quiet`)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys of the JSON this version does not know, kept as read."""
 
@@ -39,7 +41,13 @@ class Environment:
     @property
     def is_reduced(self) -> bool:
         """Whether this is all a parent process could tell of a cell whose runner died."""
-        full = (self.packages, self.device_name, self.optimizer_package, self.optimizer_package_version)
+        full = (
+            self.packages,
+            self.device_name,
+            self.optimizer_package,
+            self.optimizer_package_version,
+            self.import_messages,
+        )
         told = (self.python, self.torch, self.device)
         return all(value is None for value in full) and not self.extra and any(v is not None for v in told)
 
@@ -62,12 +70,15 @@ class Environment:
             env.update(
                 optimizer_package=self.optimizer_package, optimizer_package_version=self.optimizer_package_version
             )
+        if self.import_messages:
+            env["import_messages"] = dict(self.import_messages)
         return {**env, **self.extra}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Environment:
         data = mapping(data, "env")
         packages = data.get("packages")
+        messages = data.get("import_messages")
         texts = {key: text(data.get(key), f"env.{key}") for key in _ENV_STR_KEYS}
         return cls(
             **texts,
@@ -77,5 +88,10 @@ class Environment:
                 str(name): text(version, f"env.packages.{name}")
                 for name, version in mapping(packages, "env.packages").items()
             },
-            extra={key: value for key, value in data.items() if key not in {*_ENV_STR_KEYS, "packages"}},
+            import_messages=None
+            if messages is None
+            else {str(name): str(said) for name, said in mapping(messages, "env.import_messages").items()},
+            extra={
+                key: value for key, value in data.items() if key not in {*_ENV_STR_KEYS, "packages", "import_messages"}
+            },
         )
