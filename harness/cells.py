@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-AXES = ("optimizer", "device", "dtype", "kwargs", "builder")
+from harness.vocabulary import SCENARIOS
+
+AXES = ("optimizer", "device", "dtype", "kwargs", "builder", "scenario")
 """Singular axis names, as `exclude`/`include` entries key them (`kwargs` names a variant)."""
+
+DEFAULT_SCENARIO = "train"
+"""The plain training loop: a cell of this scenario keeps the id it had before scenarios existed."""
 
 STATUSES = (
     "ok",
@@ -45,11 +51,16 @@ class Cell:
     builder: str = "direct"
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Keys an `include` entry added beyond the axes (kept, shown, never interpreted)."""
+    scenario: str = DEFAULT_SCENARIO
+    """What the framework does around the optimizer (`harness.scenarios`)."""
 
     @property
     def id(self) -> str:
-        """Stable, readable and usable with `pytest -k`: the same cell has the same id everywhere."""
-        return f"{self.optimizer}-{self.device}-{self.dtype}-{self.variant}-{self.builder}"
+        """Stable, readable and usable with `pytest -k`: the same cell has the same id everywhere.
+
+        A cell of another scenario than `train` ends in `-<scenario>`, so today's ids do not change.
+        """
+        return cell_id(self.optimizer, self.device, self.dtype, self.variant, self.builder, self.scenario)
 
     def axis(self, name: str) -> str:
         """The cell's value on a singular axis name (`kwargs` is the variant name)."""
@@ -77,6 +88,7 @@ class Cell:
             "variant": self.variant,
             "kwargs": dict(self.kwargs),
             "builder": self.builder,
+            "scenario": self.scenario,
             **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
@@ -90,6 +102,7 @@ class Cell:
             kwargs=dict(data.get("kwargs", {})),
             builder=data["builder"],
             extra=dict(data.get("extra", {})),
+            scenario=data.get("scenario") or DEFAULT_SCENARIO,
         )
 
 
@@ -105,6 +118,8 @@ class Record:
     kwargs: dict[str, Any]
     builder: str
     status: str
+    scenario: str = DEFAULT_SCENARIO
+    """A record written before scenarios existed has none: it was a `train` cell."""
     reason: str | None = None
     error_type: str | None = None
     error_message: str | None = None
@@ -115,6 +130,8 @@ class Record:
     initial_loss: float | None = None
     final_loss: float | None = None
     judgement: str | None = None
+    scenario_numbers: dict[str, Any] = field(default_factory=dict)
+    """The figures the scenario's invariant was checked with (moved-by, tolerances, scale, compile time)."""
     construct_s: float | None = None
     steps_s: float | None = None
     duration_s: float = 0.0
@@ -134,7 +151,16 @@ class Record:
 
     @property
     def cell(self) -> Cell:
-        return Cell(self.optimizer, self.device, self.dtype, self.variant, self.kwargs, self.builder, self.extra)
+        return Cell(
+            self.optimizer,
+            self.device,
+            self.dtype,
+            self.variant,
+            self.kwargs,
+            self.builder,
+            self.extra,
+            scenario=self.scenario or DEFAULT_SCENARIO,
+        )
 
     @property
     def family(self) -> str:
@@ -154,7 +180,25 @@ class Record:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        fields = {k: v for k, v in data.items() if k in names}
+        if fields.get("scenario") is None:
+            fields["scenario"] = DEFAULT_SCENARIO
+        return cls(**fields)
+
+
+def cell_id(optimizer: str, device: str, dtype: str, variant: str, builder: str, scenario: str) -> str:
+    """`optimizer-device-dtype-variant-builder`, then `-<scenario>` unless the scenario is `train`."""
+    base = f"{optimizer}-{device}-{dtype}-{variant}-{builder}"
+    return base if scenario == DEFAULT_SCENARIO else f"{base}-{scenario}"
+
+
+def check_scenario(name: str) -> str | None:
+    """Why `name` is not a scenario (a sentence naming the close match and the valid ones), or None."""
+    if name in SCENARIOS:
+        return None
+    close = difflib.get_close_matches(str(name), SCENARIOS, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"unknown scenario {name!r}.{hint} Valid scenarios: {', '.join(SCENARIOS)}."
 
 
 def _finite(value: Any) -> Any:
