@@ -126,8 +126,11 @@ def run(ctx: Context) -> Outcome:
             ctx.settings.train.min_rel_drop,
             params_finite=all(bool(torch.isfinite(p).all()) for p in model.parameters()),
         )
-        if status != "ok" and not broken:
+        if broken:
+            return Outcome("mismatch", "; ".join(broken) + f" (float16 + GradScaler: {about})", last, numbers)
+        if status != "ok":
             return Outcome(status, f"float16 + GradScaler: {about}", found["final_loss"], numbers)
+        numbers["float16_scaler"]["judgement"] = about
     else:
         found = scaled_run(ctx, ctx.model, ctx.optimizer, ctx.losses)
         numbers["float16_scaler"] = found
