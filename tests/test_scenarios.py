@@ -33,7 +33,7 @@ def run(optimizer: str, scenario: str, kwargs: dict | None = None, *, builder: s
 
 CAUGHT = [
     ("IgnoresGroupLr", "groups", "group 'frozen' has lr 0 but its parameters moved by"),
-    ("IgnoresGroupLr", "groups", "group 'no_decay' changed lr 0.1 → 0.05 but its first step moved it by 0"),
+    ("IgnoresGroupLr", "groups", "group 'no_decay' changed lr 0.1 → 0.05 but its first update moved it by 0"),
     ("CachesLr", "schedule", "step 1 has lr 0 but moved the parameters by"),
     ("MomentsOutsideState", "resume", "resumed after 4 of 8 steps, the parameters differ from the uninterrupted run"),
     ("IgnoresFoundInf", "amp", "the step with an inf gradient (step 5) moved the parameters by inf"),

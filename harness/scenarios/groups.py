@@ -5,8 +5,9 @@ weight_decay 0) and `frozen` (the position embedding, lr 0). Invariants:
 
 - the lr-0 group's parameters stay bit-identical through every step, while the model learns;
 - each group's step uses that group's own lr and weight_decay. From the same start and the same
-  gradients one step is taken with a group's setting changed: that group must move differently, and
-  every other group exactly as before (a replay of the unchanged step gives the noise floor, zero on CPU).
+  gradients the first update is taken with one group's setting changed: that group must move
+  differently, and every other group exactly as before (a replay of the unchanged update gives the
+  noise floor, zero on CPU).
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ from typing import Any
 import torch
 
 from harness.gpt import GPT
-from harness.scenarios.base import Context, Outcome, Scenario, conclude, fmt, learning_rate, moved_by, take_steps
+from harness.scenarios.base import (
+    Context,
+    Outcome,
+    Scenario,
+    conclude,
+    fmt,
+    identical,
+    learning_rate,
+    moved_by,
+    snapshot,
+    take_steps,
+)
 
 DECAY = 0.1
 """The weight decay of the `decay` group (LitGPT's and nanoGPT's default)."""
@@ -50,13 +62,23 @@ def param_groups(model: GPT, *, decay: float = DECAY, no_decay_lr: float | None 
     ]
 
 
-def _one_step(ctx: Context, **change: Any) -> dict[str, list[torch.Tensor]]:
-    """Each group's parameters after one step from the start, with `change` applied to the groups."""
+def _first_steps(ctx: Context, steps: int | None = None, **change: Any) -> tuple[int, dict[str, list[torch.Tensor]]]:
+    """Each group's parameters after the first step that moves any, from the start, with `change` applied.
+
+    Some optimizers only gather statistics on their first step (timm's ADOPT), so the probe steps until
+    something moves (at most 3 steps), or exactly `steps` times when given.
+    """
     model = ctx.fresh_model()
+    start = snapshot(model.parameters())
     optimizer = ctx.rebuild(param_groups(model, **change), None)
     torch.manual_seed(ctx.settings.train.seed)
-    take_steps(model, optimizer, ctx.inputs, ctx.targets, 1, [])
-    return {name: [p.detach().clone() for p in params] for name, params in split(model).items()}
+    taken = 0
+    while taken < (steps or 3):
+        take_steps(model, optimizer, ctx.inputs, ctx.targets, 1, [])
+        taken += 1
+        if steps is None and not identical(model.parameters(), start):
+            break
+    return taken, {name: [p.detach().clone() for p in params] for name, params in split(model).items()}
 
 
 def _differences(a: dict[str, list[torch.Tensor]], b: dict[str, list[torch.Tensor]]) -> dict[str, float]:
@@ -72,10 +94,10 @@ def run(ctx: Context) -> Outcome:
     if frozen_moved != 0.0:
         broken.append(f"group 'frozen' has lr 0 but its parameters moved by {fmt(frozen_moved)} over {ctx.steps} steps")
 
-    reference = _one_step(ctx)
-    noise = max(_differences(_one_step(ctx), reference).values())
+    first, reference = _first_steps(ctx)
+    noise = max(_differences(_first_steps(ctx, first)[1], reference).values())
     floor = 10 * noise
-    numbers["replay_noise"] = noise
+    numbers.update(replay_noise=noise, probe_steps=first)
     probes: list[tuple[str, str, dict[str, Any]]] = []
     if "weight_decay" in ctx.optimizer.defaults:
         probes.append(("decay", f"weight_decay {DECAY} → 0", {"decay": 0.0}))
@@ -87,11 +109,11 @@ def run(ctx: Context) -> Outcome:
     else:
         numbers["lr"] = "the default lr is not a positive number: not checked"
     for group, what, change in probes:
-        diffs = _differences(_one_step(ctx, **change), reference)
+        diffs = _differences(_first_steps(ctx, first, **change)[1], reference)
         numbers[f"{group}: {what}"] = diffs
         if diffs[group] <= floor:
             broken.append(
-                f"group '{group}' changed {what} but its first step moved it by {fmt(diffs[group])} "
+                f"group '{group}' changed {what} but its first update moved it by {fmt(diffs[group])} "
                 f"from the unchanged step (replay noise {fmt(noise)}): the step did not use the group's own value"
             )
         for other in NAMES:
