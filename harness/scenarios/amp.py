@@ -29,6 +29,7 @@ from harness.scenarios.base import (
     identical,
     judge_loss,
     moved_by,
+    second_order_context,
     snapshot,
     take_steps,
 )
@@ -62,14 +63,16 @@ def scaled_run(ctx: Context, model: GPT, optimizer: torch.optim.Optimizer, losse
     params = [p for p in model.parameters() if p.requires_grad]
     inf_step = ctx.steps // 2
     found: dict[str, Any] = {"inf_step": inf_step}
+    second_order = bool(getattr(optimizer, "is_second_order", False))
     for index in range(ctx.steps):
         optimizer.zero_grad()
-        with autocast():
-            loss = model.loss(ctx.inputs, ctx.targets)
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            break
-        scaler.scale(loss).backward()
+        with second_order_context(second_order):  # timm's Adahessian differentiates the gradients, as in take_steps
+            with autocast():
+                loss = model.loss(ctx.inputs, ctx.targets)
+            losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                break
+            scaler.scale(loss).backward(create_graph=second_order)
         if index == inf_step:
             grad = next(p.grad for p in params if p.grad is not None)
             with torch.no_grad():

@@ -115,7 +115,7 @@ def take_steps(
 
         if before_step is not None:
             before_step(index)
-        with _quiet_double_backward(create_graph):
+        with second_order_context(create_graph):
             optimizer.step(closure)  # type: ignore[arg-type]  # torch's stub says float; a tensor is usual
         if evaluations == 0:
             raise RuntimeError(f"{type(optimizer).__name__}.step(closure) never called the closure.")
@@ -138,7 +138,7 @@ def final_loss(
 
 
 @contextlib.contextmanager
-def _quiet_double_backward(create_graph: bool) -> Iterator[None]:
+def second_order_context(create_graph: bool) -> Iterator[None]:
     """Attention that second-order steps can differentiate twice (the fused CPU kernels cannot)."""
     if not create_graph:
         yield
