@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.measurements import BenchResult, Environment
-from harness.vocabulary import REASONS, STATUSES
+from harness.vocabulary import REASONS, SCENARIOS, STATUSES
+from harness.wording import unknown
 
-AXES = ("optimizer", "device", "dtype", "kwargs", "builder")
+AXES = ("optimizer", "device", "dtype", "kwargs", "builder", "scenario")
 """Singular axis names, as `exclude`/`include` entries key them (`kwargs` names a variant)."""
 
-__all__ = ["AXES", "REASONS", "STATUSES", "Cell", "Record", "finite"]  # the statuses and reasons re-exported
+DEFAULT_SCENARIO = "train"
+"""The plain training loop: a cell of this scenario keeps the id it had before scenarios existed."""
+
+__all__ = ["AXES", "DEFAULT_SCENARIO", "REASONS", "STATUSES", "Cell", "Record", "finite"]  # vocabulary re-exported
 
 
 @dataclass(frozen=True)
@@ -31,11 +35,16 @@ class Cell:
     builder: str = "direct"
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Keys an `include` entry added beyond the axes (kept, shown, never interpreted)."""
+    scenario: str = DEFAULT_SCENARIO
+    """What the framework does around the optimizer (`harness.scenarios`)."""
 
     @property
     def id(self) -> str:
-        """Stable, readable and usable with `pytest -k`: the same cell has the same id everywhere."""
-        return f"{self.optimizer}-{self.device}-{self.dtype}-{self.variant}-{self.builder}"
+        """Stable, readable and usable with `pytest -k`: the same cell has the same id everywhere.
+
+        A cell of another scenario than `train` ends in `-<scenario>`, so today's ids do not change.
+        """
+        return cell_id(self.optimizer, self.device, self.dtype, self.variant, self.builder, self.scenario)
 
     def axis(self, name: str) -> str:
         """The cell's value on a singular axis name (`kwargs` is the variant name)."""
@@ -63,6 +72,7 @@ class Cell:
             "variant": self.variant,
             "kwargs": dict(self.kwargs),
             "builder": self.builder,
+            "scenario": self.scenario,
             **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
@@ -76,6 +86,7 @@ class Cell:
             kwargs=dict(data.get("kwargs", {})),
             builder=data["builder"],
             extra=dict(data.get("extra", {})),
+            scenario=data.get("scenario") or DEFAULT_SCENARIO,
         )
 
 
@@ -91,6 +102,8 @@ class Record:
     kwargs: dict[str, Any]
     builder: str
     status: str
+    scenario: str = DEFAULT_SCENARIO
+    """A record written before scenarios existed has none: it was a `train` cell."""
     reason: str | None = None
     error_type: str | None = None
     error_message: str | None = None
@@ -101,6 +114,8 @@ class Record:
     initial_loss: float | None = None
     final_loss: float | None = None
     judgement: str | None = None
+    scenario_numbers: dict[str, Any] = field(default_factory=dict)
+    """The figures the scenario's invariant was checked with (moved-by, tolerances, scale, compile time)."""
     construct_s: float | None = None
     steps_s: float | None = None
     duration_s: float = 0.0
@@ -129,7 +144,16 @@ class Record:
 
     @property
     def cell(self) -> Cell:
-        return Cell(self.optimizer, self.device, self.dtype, self.variant, self.kwargs, self.builder, self.extra)
+        return Cell(
+            self.optimizer,
+            self.device,
+            self.dtype,
+            self.variant,
+            self.kwargs,
+            self.builder,
+            self.extra,
+            scenario=self.scenario or DEFAULT_SCENARIO,
+        )
 
     @property
     def family(self) -> str:
@@ -152,7 +176,21 @@ class Record:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        fields = {k: v for k, v in data.items() if k in names}
+        if fields.get("scenario") is None:
+            fields["scenario"] = DEFAULT_SCENARIO
+        return cls(**fields)
+
+
+def cell_id(optimizer: str, device: str, dtype: str, variant: str, builder: str, scenario: str) -> str:
+    """`optimizer-device-dtype-variant-builder`, then `-<scenario>` unless the scenario is `train`."""
+    base = f"{optimizer}-{device}-{dtype}-{variant}-{builder}"
+    return base if scenario == DEFAULT_SCENARIO else f"{base}-{scenario}"
+
+
+def check_scenario(name: str) -> str | None:
+    """Why `name` is not a scenario (a sentence naming the close match and the valid ones), or None."""
+    return None if name in SCENARIOS else unknown("scenario", name, SCENARIOS)
 
 
 def finite(value: Any) -> Any:

@@ -1,25 +1,25 @@
 """Run one cell in this process, from its optimizer name to its `Record`.
 
-resolve -> build the GPT -> build the optimizer -> train -> judge -> measure -> (bench). Crashes, hangs
-and timeouts are the caller's: it runs each cell in a child process.
+prepare (resolve, build the GPT) -> construct (the builder) -> train and judge (the cell's scenario,
+`harness.scenarios`) -> measure -> (bench). Crashes, hangs and timeouts are the caller's: it runs each
+cell in a child process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import platform
 import time
 import traceback
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from harness import exclusive
-from harness.build import build
-from harness.cells import Cell, Record
+from harness.build import Built, build
+from harness.cells import DEFAULT_SCENARIO, Cell, Record
 from harness.classify import classify_error
 from harness.dtypes import parse_dtype
 from harness.errors import HarnessError
@@ -28,100 +28,167 @@ from harness.measurements import Environment
 from harness.memory import device_name, state_bytes
 from harness.quiet import import_messages
 from harness.resolve import MissingDependency, ResolvedOptimizer, optimizer_package_versions, resolve_optimizer
+from harness.scenarios import Context, Scenario, get_scenario
+from harness.scenarios.base import judge_loss, take_steps
 from harness.settings import Settings
+
+__all__ = ["construct", "judge_loss", "prepare", "run_cell", "train", "train_and_judge"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A cell ready to construct: its optimizer resolved, its GPT and batch built, its scenario chosen."""
+
+    cell: Cell
+    settings: Settings
+    resolved: ResolvedOptimizer
+    dtype: torch.dtype
+    scenario: Scenario
+    model: GPT
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    env: Environment
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def fresh_model(self) -> GPT:
+        return build_gpt(self.settings.model, seed=self.settings.train.seed, device=self.cell.device, dtype=self.dtype)
+
+    def rebuild(self, params: Any, overrides: Mapping[str, Any] | None = None) -> torch.optim.Optimizer:
+        """Another optimizer through the cell's builder and kwargs (plus `overrides`) over `params`."""
+        kwargs = {**self.cell.kwargs, **(overrides or {})}
+        return build(self.cell.builder, self.resolved, params, kwargs, device=self.cell.device).optimizer
+
+
+@dataclass
+class _Finisher:
+    """Makes the cell's record, with its wall time so far and its environment."""
+
+    cell: Cell
+    started: float = field(default_factory=time.perf_counter)
+    env: Environment | None = None
+
+    def __call__(self, status: str, **fields: Any) -> Record:
+        env = self.env or environment(self.cell.device, None)
+        return Record.for_cell(self.cell, status, duration_s=time.perf_counter() - self.started, env=env, **fields)
 
 
 def run_cell(cell: Cell, settings: Settings) -> Record:
-    """Run `cell` under `settings` and return what happened; every outcome but a dead process is a record."""
-    started = time.perf_counter()
+    """Run `cell` under `settings` and return what happened; every outcome but a dead process is a record.
 
-    def finish(status: str, **fields: Any) -> Record:
-        env = fields.pop("env", None) or environment(cell.device, None)
-        return Record.for_cell(cell, status, duration_s=time.perf_counter() - started, env=env, **fields)
+    prepare (resolve, GPT, batch) -> construct (the builder) -> the scenario (train and judge) -> bench.
+    """
+    finish = _Finisher(cell)
+    with exclusive.shared():  # other cells train alongside; a benchmark waits for the machine
+        prepared = prepare(cell, settings, finish)
+        if isinstance(prepared, Record):
+            return prepared
+        constructed = construct(prepared, finish)
+        if isinstance(constructed, Record):
+            return constructed
+        record = train_and_judge(prepared, constructed, finish)
+    if record.status == "ok" and cell.scenario == DEFAULT_SCENARIO and settings.bench.selects(cell):
+        from harness.bench import run_bench
 
+        with exclusive.exclusive():  # timed alone, no other cell training meanwhile
+            bench = run_bench(prepared.resolved, cell, settings)
+        record = record.replace(bench=bench, duration_s=time.perf_counter() - finish.started)
+    return record
+
+
+def prepare(cell: Cell, settings: Settings, finish: _Finisher) -> Prepared | Record:
+    """Resolve the optimizer and build the seeded GPT and batch; a `skipped` or failed record when that fails."""
     absent = device_absence(cell.device)
     if absent is not None:
         reason, message = absent
         return finish("skipped", reason=reason, error_message=message)
     try:
         dtype = parse_dtype(cell.dtype)
+        scenario = get_scenario(cell.scenario)
         resolved = resolve_optimizer(cell.optimizer)
     except MissingDependency as exc:
         return finish("skipped", reason="missing_dependency", error_type=type(exc).__name__, error_message=str(exc))
     except HarnessError as exc:  # a name the matrix should not have let through: recorded, not lost
         return finish("construct_error", **_error_fields(exc, cell))
-    env = environment(cell.device, resolved)
+    finish.env = environment(cell.device, resolved)
+    torch.manual_seed(settings.train.seed)
+    torch.set_num_threads(settings.train.threads)
+    if cell.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(cell.device)
+    try:
+        model = build_gpt(settings.model, seed=settings.train.seed, device=cell.device, dtype=dtype)
+        inputs, targets = synthetic_batch(settings.model, settings.train.batch_size, settings.train.seed, cell.device)
+    except Exception as exc:  # the device cannot hold the model in this dtype: no optimizer is at fault
+        return finish("skipped", **_error_fields(exc, cell))
+    return Prepared(cell, settings, resolved, dtype, scenario, model, inputs, targets, finish.env)
 
-    with exclusive.shared():  # other cells train alongside; a benchmark waits for the machine
-        torch.manual_seed(settings.train.seed)
-        torch.set_num_threads(settings.train.threads)
-        if cell.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats(cell.device)
-        try:
-            model = build_gpt(settings.model, seed=settings.train.seed, device=cell.device, dtype=dtype)
-            inputs, targets = synthetic_batch(
-                settings.model, settings.train.batch_size, settings.train.seed, cell.device
-            )
-        except Exception as exc:  # the device cannot hold the model in this dtype: no optimizer is at fault
-            return finish("skipped", **_error_fields(exc, cell), env=env)
-        num_params = sum(p.numel() for p in model.parameters())
 
-        construct_started = time.perf_counter()
-        try:
-            built = build(cell.builder, resolved, model.parameters(), cell.kwargs, device=cell.device)
-        except MissingDependency as exc:
-            return finish(
-                "skipped", reason="missing_dependency", error_type=type(exc).__name__, error_message=str(exc), env=env
-            )
-        except BaseException as exc:  # an optimizer raising SystemExit in __init__ is a result too
-            return finish("construct_error", **_error_fields(exc, cell), num_params=num_params, env=env)
-        construct_s = time.perf_counter() - construct_started
-        optimizer = built.optimizer
-        common = dict(
-            dropped_kwargs=built.dropped_kwargs,
-            absorbed_kwargs=built.absorbed_kwargs,
-            construct_s=construct_s,
-            num_params=num_params,
-            env=env,
-        )
+def construct(prepared: Prepared, finish: _Finisher) -> tuple[Built, float] | Record:
+    """Build the optimizer through the cell's builder over the scenario's parameters; (built, seconds)."""
+    cell = prepared.cell
+    started = time.perf_counter()
+    try:
+        params = prepared.scenario.params(prepared.model)
+        built = build(cell.builder, prepared.resolved, params, cell.kwargs, device=cell.device)
+    except MissingDependency as exc:
+        return finish("skipped", reason="missing_dependency", error_type=type(exc).__name__, error_message=str(exc))
+    except BaseException as exc:  # an optimizer raising SystemExit in __init__ is a result too
+        return finish("construct_error", **_error_fields(exc, cell), num_params=prepared.num_params)
+    return built, time.perf_counter() - started
 
-        losses: list[float] = []
-        steps_started = time.perf_counter()
-        try:
-            final_loss = train(model, optimizer, inputs, targets, settings.train.steps, losses)
-        except BaseException as exc:  # SystemExit or KeyboardInterrupt raised by an optimizer's step, too
-            return finish(
-                "step_error",
-                **_error_fields(exc, cell),
-                **common,
-                steps_s=time.perf_counter() - steps_started,
-                losses=losses,
-                initial_loss=losses[0] if losses else None,
-            )
-        steps_s = time.perf_counter() - steps_started
 
-        params_finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
-        status, judgement = judge_loss([*losses, final_loss], settings.train.min_rel_drop, params_finite=params_finite)
-        state = state_bytes(optimizer)
-        peak = torch.cuda.max_memory_allocated(cell.device) if cell.device.startswith("cuda") else None
-    bench = None
-    if status == "ok" and settings.bench.selects(cell):
-        from harness.bench import run_bench
-
-        with exclusive.exclusive():  # timed alone, no other cell training meanwhile
-            bench = run_bench(resolved, cell, settings)
-    return finish(
-        status,
-        **common,
+def train_and_judge(prepared: Prepared, constructed: tuple[Built, float], finish: _Finisher) -> Record:
+    """Run the cell's scenario with the built optimizer and record its outcome (a step error, or its judgement)."""
+    cell, (built, construct_s) = prepared.cell, constructed
+    common: dict[str, Any] = dict(
+        dropped_kwargs=built.dropped_kwargs,
+        absorbed_kwargs=built.absorbed_kwargs,
+        construct_s=construct_s,
+        num_params=prepared.num_params,
+    )
+    losses: list[float] = []
+    context = Context(
+        cell=cell,
+        settings=prepared.settings,
+        dtype=prepared.dtype,
+        model=prepared.model,
+        optimizer=built.optimizer,
+        inputs=prepared.inputs,
+        targets=prepared.targets,
         losses=losses,
-        initial_loss=losses[0],
-        final_loss=final_loss,
-        judgement=judgement,
+        rebuild=prepared.rebuild,
+        fresh_model=prepared.fresh_model,
+    )
+    started = time.perf_counter()
+    try:
+        outcome = prepared.scenario.run(context)
+    except BaseException as exc:  # SystemExit or KeyboardInterrupt raised by an optimizer's step, too
+        return finish(
+            "step_error",
+            **_error_fields(exc, cell),
+            **common,
+            steps_s=time.perf_counter() - started,
+            losses=losses,
+            initial_loss=losses[0] if losses else None,
+        )
+    steps_s = outcome.steps_s if outcome.steps_s is not None else time.perf_counter() - started
+    state = state_bytes(built.optimizer)
+    peak = torch.cuda.max_memory_allocated(cell.device) if cell.device.startswith("cuda") else None
+    return finish(
+        outcome.status,
+        **common,
+        reason=outcome.reason,
+        losses=losses,
+        initial_loss=losses[0] if losses else None,
+        final_loss=outcome.final_loss,
+        judgement=outcome.judgement,
+        scenario_numbers=_finite_numbers(outcome.numbers),
         steps_s=steps_s,
         state_bytes=state,
-        state_bytes_per_param=state / num_params if num_params else None,
+        state_bytes_per_param=state / prepared.num_params if prepared.num_params else None,
         peak_memory_bytes=peak,
-        bench=bench,
     )
 
 
@@ -133,68 +200,19 @@ def train(
     steps: int,
     losses: list[float],
 ) -> float:
-    """Take `steps` optimizer steps on one batch, appending each step's first loss to `losses`; the loss after.
-
-    Every step goes through a closure (LBFGS evaluates it several times; only its first loss is recorded).
-    A second-order optimizer (`optimizer.is_second_order`, e.g. timm's Adahessian) gets a graph of the gradients.
-    Training stops early at the first loss that is not finite.
-    """
-    create_graph = bool(getattr(optimizer, "is_second_order", False))
-    for _ in range(steps):
-        evaluations = 0
-
-        @torch.enable_grad()  # as torch's own optimizers do: some steps (timm's Adahessian) run under no_grad
-        def closure() -> torch.Tensor:
-            nonlocal evaluations
-            optimizer.zero_grad()
-            loss = model.loss(inputs, targets)
-            loss.backward(create_graph=create_graph)
-            if evaluations == 0:
-                losses.append(loss.item())
-            evaluations += 1
-            return loss
-
-        with warnings.catch_warnings(), _double_backward_attention(create_graph):
-            # create_graph=True warns of a reference cycle on every step; it is what a second-order step needs.
-            warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
-            optimizer.step(closure)  # type: ignore[arg-type]  # torch's stub says the closure returns a float
-        if evaluations == 0:
-            raise RuntimeError(f"{type(optimizer).__name__}.step(closure) never called the closure.")
-        if not math.isfinite(losses[-1]):
-            break  # judged `nonfinite` already; more steps on NaN only cost time (LBFGS: seconds)
-    with torch.no_grad():
-        return model.loss(inputs, targets).item()
+    """The plain loop (`harness.scenarios.base.take_steps`): `steps` steps on one batch; the loss after."""
+    return take_steps(model, optimizer, inputs, targets, steps, losses)
 
 
-def _double_backward_attention(create_graph: bool) -> contextlib.AbstractContextManager[None]:
-    """Attention that second-order steps can differentiate twice: the fused CPU kernels cannot."""
-    if not create_graph:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.MATH])
-
-
-def judge_loss(losses: Sequence[float], min_rel_drop: float, *, params_finite: bool = True) -> tuple[str, str]:
-    """`(status, sentence)`: `nonfinite`, `ok` (the last loss under the first by `min_rel_drop`) or `no_learning`.
-
-    `losses` runs from the first step's loss to the loss after the last step.
-    """
-    if not losses:
-        return "no_learning", "no loss was recorded"
-    bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
-    if bad:
-        return "nonfinite", f"loss became {losses[bad[0]]} at evaluation {bad[0] + 1} of {len(losses)}"
-    if not params_finite:
-        return "nonfinite", "the parameters hold NaN or infinity after the steps"
-    initial, final = losses[0], losses[-1]
-    change = (final - initial) / abs(initial) if initial else 0.0
-    required = f"{min_rel_drop:.0%}"
-    move = "fell" if final < initial else "rose" if final > initial else "stayed"
-    summary = f"loss {move} {initial:.4g} → {final:.4g} ({change:+.0%})"
-    if final < initial * (1 - min_rel_drop):
-        return "ok", f"{summary}, more than the {required} required"
-    return "no_learning", f"{summary}, not the {required} drop required"
+def _finite_numbers(value: Any) -> Any:
+    """Scenario numbers as JSON can hold them: non-finite floats as strings ('inf', 'nan')."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _finite_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_numbers(v) for v in value]
+    return value
 
 
 def device_absence(device: str) -> tuple[str | None, str] | None:

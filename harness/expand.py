@@ -10,14 +10,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.cells import AXES, Cell
+from harness.cells import AXES, Cell, check_scenario
 from harness.errors import HarnessError, MatrixError
 from harness.spec import Matrix, OptimizerEntry, check_builder, check_device, check_dtype
 from harness.wording import quote, unknown
 
 Expander = Callable[[str], list[str]]
 
-_AXIS_LISTS = {"device": "devices", "dtype": "dtypes", "kwargs": "kwargs", "builder": "builders"}
+_AXIS_LISTS = {
+    "device": "devices",
+    "dtype": "dtypes",
+    "kwargs": "kwargs",
+    "builder": "builders",
+    "scenario": "scenarios",
+}
 
 
 @dataclass
@@ -41,7 +47,7 @@ def expand_matrix(matrix: Matrix, *, expand_optimizer: Expander | None = None) -
     combinations = [
         _Combination(entry, dict(zip(AXES, (name, *rest), strict=False)), entry.line)
         for (entry, name), *rest in itertools.product(
-            members, matrix.devices, matrix.dtypes, matrix.kwargs, matrix.builders
+            members, matrix.devices, matrix.dtypes, matrix.kwargs, matrix.builders, matrix.scenarios
         )
     ]
     for index, rule in enumerate(matrix.exclude):
@@ -170,7 +176,8 @@ def _apply_include(
     if matched:
         return []
     line = matrix.line_of("include", index)
-    missing = [axis for axis in AXES if axis not in rule]
+    # `scenario` may go unnamed (matrices older than the axis): the new combination runs in every scenario.
+    missing = [axis for axis in AXES if axis not in rule and axis != "scenario"]
     if missing:
         raise MatrixError(
             f"`include[{index}]` matches no combination, so it adds a new one, and a new combination must name "
@@ -185,9 +192,16 @@ def _apply_include(
     if not chosen:
         names = _expand_name(matrix, expand, pattern, matrix.line_of("include", index, "optimizer"))
         chosen = [(None, name) for name in names]
+    scenarios = [rule["scenario"]] if "scenario" in rule else list(matrix.scenarios)
     return [
-        _Combination(entry, {**{axis: rule[axis] for axis in AXES}, "optimizer": name}, line, dict(extra))
+        _Combination(
+            entry,
+            {**{axis: rule[axis] for axis in AXES if axis in rule}, "optimizer": name, "scenario": scenario},
+            line,
+            dict(extra),
+        )
         for entry, name in chosen
+        for scenario in scenarios
     ]
 
 
@@ -199,7 +213,13 @@ def _check_include_values(matrix: Matrix, index: int, rule: dict[str, Any]) -> N
             path=matrix.path,
             line=matrix.line_of("include", index, "kwargs"),
         )
-    for axis, check in (("dtype", check_dtype), ("builder", check_builder), ("device", check_device)):
+    checks = (
+        ("dtype", check_dtype),
+        ("builder", check_builder),
+        ("device", check_device),
+        ("scenario", check_scenario),
+    )
+    for axis, check in checks:
         problem = check(rule[axis]) if axis in rule else None
         if problem:
             raise MatrixError(
@@ -248,6 +268,7 @@ def _cells(matrix: Matrix, combinations: list[_Combination]) -> list[Cell]:
             kwargs={**defaults, **matrix.kwargs[values["kwargs"]]},
             builder=values["builder"],
             extra=dict(combination.extra),
+            scenario=values["scenario"],
         )
         if cell.id in first_line:
             raise MatrixError(

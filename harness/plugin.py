@@ -119,6 +119,7 @@ class CellItem(pytest.Item):
         super().__init__(**kwargs)
         self.cell = cell
         self.settings = settings
+        self.extra_keyword_matches.add(cell.scenario)  # `-k train` selects the plain-loop cells, whose ids lack it
 
     def runtest(self) -> None:
         record = self.config.stash[_RUNNER_KEY].run(self.cell, self.settings)

@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from harness.cells import AXES
+from harness.cells import AXES, check_scenario
 from harness.errors import MatrixError
 from harness.settings import BenchSettings, ModelSettings, Settings, TrainSettings
 from harness.vocabulary import BUILDERS, DTYPES
@@ -63,6 +63,7 @@ class Matrix:
     dtypes: tuple[str, ...] = ("float32",)
     kwargs: dict[str, dict[str, Any]] = field(default_factory=lambda: {"plain": {}})
     builders: tuple[str, ...] = ("direct",)
+    scenarios: tuple[str, ...] = ("train",)
     exclude: tuple[dict[str, Any], ...] = ()
     include: tuple[dict[str, Any], ...] = ()
     settings: Settings = field(default_factory=Settings)
@@ -121,6 +122,7 @@ def matrix_from_data(
         dtypes=tuple(spec.dtypes),
         kwargs={name: dict(kwargs) for name, kwargs in spec.kwargs.items()},
         builders=tuple(spec.builders),
+        scenarios=tuple(spec.scenarios),
         exclude=tuple(dict(entry) for entry in spec.exclude),
         include=tuple(dict(entry) for entry in spec.include),
         settings=Settings(train=spec.train, model=spec.model, bench=spec.bench),
@@ -230,6 +232,7 @@ class _MatrixSpec(_Section):
         default_factory=lambda: {"plain": dict[str, Any]()}, min_length=1
     )
     builders: list[Annotated[str, _valid(check_builder)]] = Field(default_factory=lambda: ["direct"], min_length=1)
+    scenarios: list[Annotated[str, _valid(check_scenario)]] = Field(default_factory=lambda: ["train"], min_length=1)
     exclude: list[dict[str, str]] = Field(default_factory=list)
     include: list[dict[str, Any]] = Field(default_factory=list)
     train: TrainSettings = TrainSettings()
@@ -257,6 +260,7 @@ _EXAMPLES = {
     "dtypes": "dtypes: [float32, bfloat16]",
     "kwargs": "kwargs: {plain: {}, fused: {fused: true}}",
     "builders": "builders: [direct, signature, safe]",
+    "scenarios": "scenarios: [train, resume]",
     "exclude": "exclude: [{device: cpu, dtype: float16}]",
     "include": "include: [{optimizer: torch.optim.AdamW, note: slow}]",
     "environments": 'environments: {current: {}, torch-2.13: {torch: "2.13.0"}}',
@@ -344,7 +348,7 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _check_matrix(matrix: Matrix) -> None:
     _no_duplicates(matrix, "optimizers", [entry.name for entry in matrix.optimizers])
-    for axis in ("devices", "dtypes", "builders"):
+    for axis in ("devices", "dtypes", "builders", "scenarios"):
         _no_duplicates(matrix, axis, list(getattr(matrix, axis)))
     for section in ("exclude", "include"):
         for index, entry in enumerate(getattr(matrix, section)):

@@ -28,12 +28,20 @@ Reason = Literal[
     "unsupported_dtype",
     "invalid_value",
     "missing_dependency",
+    "weights_only_load",
     "other",
 ]
-"""Why a failing cell failed, classified from its exception (`harness.classify`)."""
+"""Why a failing cell failed, classified from its exception (`harness.classify`).
+
+`weights_only_load`: the optimizer's `state_dict()` loads only with `torch.load(weights_only=False)`
+(the `resume` scenario), which `torch.load` no longer does by default.
+"""
 
 Verdict = Literal["lost", "regression", "fixed", "changed", "slower", "new", "not_run", "as_expected"]
 """A cell's outcome judged against the baseline, most severe first. `lost`: selected but left no record."""
+
+Scenario = Literal["train", "groups", "resume", "amp", "schedule", "compile"]
+"""What a framework does around the optimizer (the `scenarios` axis); `train` is the plain loop, the default."""
 
 Builder = Literal["direct", "signature", "safe"]
 """The built-in builders; any `package.module:function` is a builder too."""
@@ -46,6 +54,7 @@ REASONS: tuple[Reason, ...] = get_args(Reason)
 VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
 BUILDERS: tuple[Builder, ...] = get_args(Builder)
 DTYPES: tuple[Dtype, ...] = get_args(Dtype)
+SCENARIOS: tuple[Scenario, ...] = get_args(Scenario)
 
 GATE_FAILING: frozenset[Verdict] = frozenset({"lost", "regression", "fixed", "changed", "slower"})
 """Verdicts that fail the gate (exit status 1)."""

@@ -108,7 +108,7 @@ def test_list_json_gives_every_cell_with_its_axes(runs, path: Path) -> None:
         assert (
             {"id", "optimizer", "device", "dtype", "kwargs", "variant", "builder"}
             <= set(data)
-            <= {"id", "optimizer", "device", "dtype", "kwargs", "variant", "builder", "extra"}
+            <= {"id", "optimizer", "device", "dtype", "kwargs", "variant", "builder", "scenario", "extra"}
         )
         assert isinstance(data["kwargs"], dict)
         assert Cell.from_dict(data).id == data["id"]

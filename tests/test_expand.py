@@ -16,10 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.cells import AXES, Cell
+from harness.cells import AXES as ALL_AXES
+from harness.cells import Cell
 from harness.errors import HarnessError, MatrixError, UnknownOptimizerError
 from harness.expand import expand_matrix, parse_shard, shard_cells
 from harness.spec import Matrix, load_matrix, matrix_from_data
+
+AXES = tuple(axis for axis in ALL_AXES if axis != "scenario")
+"""The axes these tests draw; the scenario axis (default `train`) is tested in tests/test_scenario_axis.py."""
 
 
 def identity(name: str) -> list[str]:
