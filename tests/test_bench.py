@@ -293,7 +293,7 @@ def test_roofline_helpers():
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("dtype", "float33", "'float33' is not a torch dtype"),
+        ("dtype", "float33", "unknown dtype 'float33': did you mean 'float32'?"),
         ("dtype", "float64", "No parity tolerance for dtype 'float64'"),
         ("device", "gpu", "'gpu' is not a torch device"),
         pytest.param(
