@@ -26,6 +26,7 @@ from harness.gpt import GPT, build_gpt, synthetic_batch
 from harness.memory import device_name, state_bytes
 from harness.resolve import MissingDependency, ResolvedOptimizer, optimizer_package_versions, resolve_optimizer
 from harness.settings import Settings
+from harness.vocabulary import STEPPED
 
 
 def run_cell(cell: Cell, settings: Settings) -> Record:
@@ -102,11 +103,14 @@ def run_cell(cell: Cell, settings: Settings) -> Record:
         state = state_bytes(optimizer)
         peak = torch.cuda.max_memory_allocated(cell.device) if cell.device.startswith("cuda") else None
     bench = None
-    if status == "ok" and settings.bench.selects(cell):
+    if status in STEPPED and settings.bench.selects(cell):  # step speed does not depend on the loss verdict
         from harness.bench import run_bench
 
-        with exclusive.exclusive():  # timed alone, no other cell training meanwhile
-            bench = run_bench(resolved, cell, settings)
+        try:
+            with exclusive.exclusive(bound=settings.bench.timeout_s):  # timed alone, no other cell training
+                bench = run_bench(resolved, cell, settings)
+        except exclusive.MachineBusy as exc:
+            bench = {"not_measured": str(exc)}
     return finish(
         status,
         **common,
