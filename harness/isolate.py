@@ -149,9 +149,11 @@ class CellRunner:
         if isinstance(message, dict) and message.get("ready"):
             self._ready = True
             return self._proc
-        self._kill()
-        code = self._proc.poll() if self._proc is not None else None
+        if message is not None:
+            self._proc.wait()
+        code = self._proc.poll()
         tail = self._stderr_tail(0)
+        self._kill()
         last = tail.strip().splitlines()[-1] if tail.strip() else "it wrote nothing to stderr"
         if message is None:
             why = f"did not become ready within {_STARTUP_TIMEOUT_S} s"
@@ -478,6 +480,9 @@ def _warm_up() -> None:
 
     import torch
 
+    # No OpenMP thread pool in the server: a child forked from a process whose pool ran hangs in its
+    # first parallel region (libgomp). Children set their own thread count (train.threads, bench.threads).
+    torch.set_num_threads(1)
     for module in _WARM_IMPORTS:
         if module.startswith("bitsandbytes") and torch.cuda.is_available():
             continue  # it initialises CUDA on import, and a forked child cannot use a CUDA its parent set up

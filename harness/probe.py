@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from harness.spec import Matrix
 
 CACHE_ENV = "HARNESS_EXPANSION_CACHE"
-TIMEOUT_S = 120.0
-"""How long one entry may take, the child's own start (importing torch) included."""
+TIMEOUT_ENV = "HARNESS_PROBE_TIMEOUT_S"
+TIMEOUT_S = float(os.environ.get(TIMEOUT_ENV, "60"))
+"""How long one entry may take, the child's own start (importing torch) included (`HARNESS_PROBE_TIMEOUT_S`)."""
 
 
 def expand_all(names: Iterable[str], *, timeout_s: float = TIMEOUT_S) -> dict[str, list[str] | dict[str, str]]:

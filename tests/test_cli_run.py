@@ -17,10 +17,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.records import read_records
+from harness.vocabulary import STEPPED
 
 ROOT = Path(__file__).resolve().parents[1]
 MATRICES = Path(__file__).parent / "resources" / "matrices"
@@ -207,3 +209,124 @@ def test_a_bad_matrix_stops_run_with_a_sentence_and_status_2(tmp_path: Path) -> 
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "cuda" in done.stderr and "matrix.yaml:2" in done.stderr
+
+
+def _records(out: Path) -> dict[str, Any]:
+    return {record.id: record for record in read_records(out / "results.jsonl")}
+
+
+def test_modules_that_exit_hang_crash_raise_or_print_on_import_cost_only_their_cells(tmp_path: Path) -> None:
+    env = {**os.environ, "HARNESS_PROBE_TIMEOUT_S": "8"}
+    matrix = str(MATRICES / "import_faults.yaml")
+    listed = subprocess.run(
+        [sys.executable, "-m", "harness", "list", "--json", matrix], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            matrix,
+            "-n",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--baselines",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 6  # stdout stays clean JSON though a module printed on import
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = statuses(tmp_path)
+    assert got["tests.faults.import_exit:*-cpu-float32-plain-direct"] == "crashed"
+    assert got["tests.faults.import_hang:*-cpu-float32-plain-direct"] == "timeout"
+    assert got["tests.faults.import_segfault:*-cpu-float32-plain-direct"] == "crashed"
+    raised = _records(tmp_path)["tests.faults.import_raise:*-cpu-float32-plain-direct"]
+    assert (raised.status, raised.reason, raised.error_type) == ("construct_error", "other", "RuntimeError")
+    assert got["tests.faults.import_print.Chatty-cpu-float32-plain-direct"] in STEPPED
+    assert got["torch.optim.AdamW-cpu-float32-plain-direct"] == "ok"
+
+
+def test_a_hang_beside_benchmarks_and_a_second_run_cost_no_healthy_cell(tmp_path: Path) -> None:
+    matrix = str(MATRICES / "hang_beside_bench.yaml")
+    first_out, second_out = tmp_path / "first", tmp_path / "second"
+
+    def start(out: Path, *extra: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "harness", "run", matrix, "--out", str(out), "--baselines", str(out), *extra]
+        return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = start(first_out, "-n", "2")
+    deadline = time.monotonic() + 120
+    while not (first_out / ".harness.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    clash = harness("run", matrix, "-n", "0", "--out", str(first_out), "--baselines", str(first_out))
+    second = start(second_out, "-n", "0", "-k", "not Hang")  # another run on the machine, benchmarking meanwhile
+    first_output, second_output = first.communicate(timeout=400), second.communicate(timeout=400)
+
+    assert clash.returncode == 2 and "Another run is writing to" in clash.stderr, clash.stdout + clash.stderr
+    assert first.returncode == 0 and second.returncode == 0, (first_output, second_output)
+    for out, expected in ((first_out, 4), (second_out, 3)):
+        records = _records(out)
+        assert len(records) == expected
+        for record in records.values():
+            if "Hang" in record.id:
+                assert record.status == "timeout" and record.duration_s < 6 + 10  # its own train.timeout_s
+                assert "train phase ran past train.timeout_s = 6 s" in (record.error_message or "")
+            else:
+                assert record.status in STEPPED  # SGD at lr 0 is no_learning, and benchmarked all the same
+                assert record.bench and "step_ms" in record.bench, record.bench
+
+
+def test_a_dead_worker_loses_its_cell_and_the_gate_fails_naming_it(tmp_path: Path) -> None:
+    done = harness(
+        "run", str(MATRICES / "kill_worker.yaml"), "-n", "2", "--out", str(tmp_path), "--baselines", str(tmp_path)
+    )
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "lost: tests.faults.hostile.KillWorker-cpu-float32-plain-direct" in done.stdout
+    assert "gate: FAILED" in done.stdout and "1 lost" in done.stdout
+    lost = json.loads((tmp_path / "lost.json").read_text())
+    assert [entry["id"] for entry in lost] == ["tests.faults.hostile.KillWorker-cpu-float32-plain-direct"]
+    assert "crashed" in lost[0]["error"]  # xdist's own words for the worker it lost
+    assert statuses(tmp_path) == {"torch.optim.AdamW-cpu-float32-plain-direct": "ok"}
+
+
+def test_steps_that_signal_the_parent_pollute_pipes_or_delete_results_lose_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    matrix = tmp_path / "hostile.yaml"
+    text = (MATRICES / "hostile.yaml").read_text()
+    matrix.write_text(text.replace("RESULTS", str(out / "results.jsonl")))
+    done = harness("run", str(matrix), "-n", "0", "--out", str(out), "--baselines", str(out), "--", "-x")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "were written again" in done.stderr  # DeleteResults removed the records before it
+    got = statuses(out)
+    assert len(got) == 5 and set(got.values()) <= STEPPED
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["run", "-n", "-1"], "-n takes a number of workers"),
+        (["run", "--out", "README.md"], "is a file; name a directory"),
+        (["baseline", "accept", "EMPTY"], "holds no record to accept"),
+        (["list", "--", "-x"], "only `run` passes arguments after `--`"),
+    ],
+)
+def test_run_argument_mistakes_exit_2_with_a_sentence_before_any_cell(
+    tmp_path: Path, args: list[str], words: str
+) -> None:
+    (tmp_path / "results.jsonl").write_text("not json\n")
+    args = [str(tmp_path) if arg == "EMPTY" else arg for arg in args]
+    done = harness(*args[:1], str(MATRICES / "small.yaml"), *args[1:]) if args[0] == "run" else harness(*args)
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert words in done.stderr and "Traceback" not in done.stderr

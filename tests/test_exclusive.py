@@ -45,3 +45,23 @@ def test_a_benchmark_never_overlaps_training(monkeypatch: pytest.MonkeyPatch, tm
         thread.join(5)
 
     assert events == ["a+", "a-", "bench+", "bench-", "b+", "b-"]
+
+
+def test_a_benchmark_that_cannot_have_the_machine_gives_up_after_its_bound(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(exclusive.LOCK_DIR_ENV, str(tmp_path))
+    phases: list[str] = []
+    exclusive.set_phase_listener(phases.append)
+    try:
+        with exclusive.shared():  # a hung training cell holds the machine
+            started = time.monotonic()
+            with pytest.raises(exclusive.MachineBusy, match=r"within 0\.2 s"), exclusive.exclusive(bound=0.2):
+                pass
+            waited = time.monotonic() - started
+        with exclusive.exclusive(bound=1):  # once it is free, the next benchmark has it
+            pass
+    finally:
+        exclusive.set_phase_listener(None)
+    assert 0.2 <= waited < 2
+    assert phases == ["wait", "train", "wait", "train", "wait", "bench", "train"]
