@@ -20,14 +20,15 @@ from typing import Any, Protocol
 import torch
 
 from harness.cells import Cell
+from harness.dtypes import parse_dtype
 from harness.errors import HarnessError
 from harness.memory import device_name, state_bytes_per_param
 from harness.roofline import BANDWIDTH_METHOD, bytes_moved_per_step, measure_device_bandwidth
 from harness.settings import BenchSettings, Settings, Tolerance
+from harness.vocabulary import IMPLEMENTATION_HINTS as ACCELERATION_KWARGS
 
 REFERENCE = "forloop"
 """Parity is judged against the plain per-parameter loop, the implementation every other one mirrors."""
-ACCELERATION_KWARGS = ("fused", "foreach")
 _PARAM_SCALE = 0.02
 _GRAD_SCALE = 0.01
 _MAX_MESSAGE = 500
@@ -348,12 +349,7 @@ def _device(cell: Cell) -> torch.device:
 
 
 def _dtype(cell: Cell) -> torch.dtype:
-    dtype = getattr(torch, cell.dtype, None)
-    if not isinstance(dtype, torch.dtype):
-        raise HarnessError(
-            f"Cell {cell.id}: '{cell.dtype}' is not a torch dtype; use one such as 'float32' or 'bfloat16'."
-        )
-    return dtype
+    return parse_dtype(cell.dtype)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@
 - `safe`: `build_optimizer`, this project's fix (below);
 - `package.module:function`: a framework's own helper, called as `function(optimizer_name, params, **kwargs)`.
 
-`build_optimizer` drops only acceleration hints (`HINTS`) that the class or the parameters' device/dtype
+`build_optimizer` drops only acceleration hints (`ACCELERATION_HINTS`) that the class or the parameters' device/dtype
 cannot take, keeps what the class takes through `**kwargs` (reported as absorbed) and raises on any
 other unknown kwarg, naming the nearest valid one, so a typo is never dropped silently.
 """
@@ -23,16 +23,13 @@ import torch
 
 from harness.classify import classify_error
 from harness.errors import HarnessError
-from harness.resolve import MissingDependency, ResolvedOptimizer, close_matches, pip_name, resolve_optimizer
+from harness.resolve import MissingDependency, ResolvedOptimizer, pip_name, resolve_optimizer
+from harness.spec import check_builder
+from harness.vocabulary import ACCELERATION_HINTS
+from harness.wording import quote, unknown
 
-BUILDERS = ("direct", "signature", "safe")
-"""The named builders; any `package.module:function` is a framework builder."""
-
-HINTS = ("fused", "foreach", "capturable")
-"""Keyword arguments that choose an implementation, not the maths, so dropping one changes only speed.
-
-`differentiable` is not one: it changes what autograd can see through `step()`, so it is never dropped.
-"""
+# The hints choose an implementation, not the maths, so dropping one changes only speed. `differentiable`
+# is not one: it changes what autograd can see through `step()`, so it is never dropped.
 
 
 class UnexpectedKwargError(HarnessError, TypeError):
@@ -91,14 +88,10 @@ def build(
 
 def load_builder(builder: str) -> Callable[..., Any]:
     """The function a `package.module:function` builder names; a named builder or a bad path raises."""
-    module_name, sep, function_name = builder.partition(":")
-    if not sep or not module_name or not function_name:
-        close = close_matches(builder, list(BUILDERS), n=1)
-        hint = f" did you mean {close[0]!r}?" if close else ""
-        raise HarnessError(
-            f"Unknown builder {builder!r}:{hint} Use one of {', '.join(BUILDERS)}, "
-            "or a framework's helper as 'package.module:function'."
-        )
+    problem = check_builder(builder)
+    if problem is not None:
+        raise HarnessError(problem)
+    module_name, _, function_name = builder.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -113,9 +106,9 @@ def load_builder(builder: str) -> Callable[..., Any]:
     function = getattr(module, function_name, None)
     if not callable(function):
         names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
-        close = close_matches(function_name, names, n=1)
-        hint = f" did you mean '{module_name}:{close[0]}'?" if close else ""
-        raise HarnessError(f"Builder {builder!r}: module {module_name!r} has no function {function_name!r}.{hint}")
+        raise HarnessError(
+            f"builder {quote(builder)}: {unknown('function', function_name, names, where=f' in {module_name}')}"
+        )
     return function
 
 
@@ -168,15 +161,15 @@ def _build_safe(
         if key in named:
             _check_type(factory, key, value, signature)
             kept[key] = value
-        elif key in HINTS and not takes_var_kwargs:
+        elif key in ACCELERATION_HINTS and not takes_var_kwargs:
             dropped.append(key)
         elif takes_var_kwargs:
             kept[key] = value
             absorbed.append(key)
         else:
             raise UnexpectedKwargError(_unexpected_message(factory, key, named))
-    others = {k: v for k, v in kept.items() if k not in HINTS}
-    for hint in HINTS:
+    others = {k: v for k, v in kept.items() if k not in ACCELERATION_HINTS}
+    for hint in ACCELERATION_HINTS:
         if hint in named and kept.get(hint) and not _hint_runs(factory, hint, others, params, fallback_device):
             del kept[hint]
             dropped.append(hint)
@@ -291,9 +284,7 @@ def _check_type(factory: Callable[..., Any], key: str, value: Any, signature: in
 
 def _unexpected_message(factory: Callable[..., Any], key: str, named: list[str]) -> str:
     candidates = [n for n in named if n not in ("self", "params")]
-    close = close_matches(key, candidates, n=1)
-    hint = f" did you mean {close[0]!r}?" if close else f" it takes: {', '.join(candidates)}."
-    return f"unexpected keyword argument {key!r} for {_name(factory)}:{hint}"
+    return unknown("keyword argument", key, candidates, where=f" for {_name(factory)}")
 
 
 def _underlying_class(factory: Callable[..., Any]) -> type | None:

@@ -5,32 +5,17 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.vocabulary import REASONS, STATUSES
+
 AXES = ("optimizer", "device", "dtype", "kwargs", "builder")
 """Singular axis names, as `exclude`/`include` entries key them (`kwargs` names a variant)."""
 
-STATUSES = (
-    "ok",
-    "construct_error",
-    "step_error",
-    "no_learning",
-    "nonfinite",
-    "skipped",
-    "crashed",
-    "timeout",
-)
-REASONS = (
-    "unexpected_kwarg",
-    "conflicting_kwargs",
-    "unsupported_device",
-    "unsupported_dtype",
-    "invalid_value",
-    "missing_dependency",
-    "other",
-)
+__all__ = ["AXES", "REASONS", "STATUSES", "Cell", "Record", "finite"]  # the statuses and reasons re-exported
 
 
 @dataclass(frozen=True)
@@ -149,7 +134,7 @@ class Record:
 
     def to_json(self) -> str:
         """One line of JSON; NaN and infinity become null so every reader can parse it."""
-        return json.dumps(_finite(self.to_dict()), sort_keys=False, allow_nan=False, default=str)
+        return json.dumps(finite(self.to_dict()), sort_keys=False, allow_nan=False, default=str)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
@@ -157,11 +142,12 @@ class Record:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+def finite(value: Any) -> Any:
+    """`value` ready for strict JSON: NaN and infinities become None, mapping keys strings, tuples lists."""
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {str(k): finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value

@@ -1,4 +1,4 @@
-"""Name why a cell failed: one of `harness.cells.REASONS`, read from the exception's type and message.
+"""Name why a cell failed: one of `harness.vocabulary.REASONS`, read from the exception's type and message.
 
 The rules are data: the first row whose exception types and pattern match wins, else `other`. A pattern
 may say `{device}` (the cell's device type) and `{dtype}` (every spelling of the cell's dtype: `bfloat16`,
@@ -12,7 +12,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-from harness.cells import REASONS
+from harness.vocabulary import REASONS, Reason
 
 _DTYPE_SPELLINGS = {
     "float32": ("float32", "Float", "fp32", "float"),
@@ -28,7 +28,7 @@ class Rule:
 
     types: tuple[type[BaseException], ...]
     pattern: str
-    reason: str
+    reason: Reason
 
 
 _ANY = (BaseException,)
@@ -38,7 +38,7 @@ RULES: tuple[Rule, ...] = (
     Rule((ImportError,), r"", "missing_dependency"),
     Rule(
         (TypeError,),
-        r"unexpected keyword argument|takes no keyword arguments|invalid keyword argument",
+        r"(unexpected|unknown|invalid) keyword argument|takes no keyword arguments",
         "unexpected_kwarg",
     ),
     Rule(
@@ -82,7 +82,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def classify_error(exc: BaseException, *, device: str, dtype: str) -> str:
+def classify_error(exc: BaseException, *, device: str, dtype: str) -> Reason:
     """The reason a cell on `device` (e.g. `cuda:0`) in `dtype` (e.g. `bfloat16`) failed with `exc`."""
     message = f"{type(exc).__name__}: {exc}"
     for rule, pattern in zip(RULES, _compiled(device.split(":")[0], dtype), strict=False):

@@ -21,6 +21,7 @@ from harness import exclusive
 from harness.build import build
 from harness.cells import Cell, Record
 from harness.classify import classify_error
+from harness.dtypes import parse_dtype
 from harness.errors import HarnessError
 from harness.gpt import GPT, build_gpt, synthetic_batch
 from harness.memory import device_name, state_bytes
@@ -196,15 +197,6 @@ def judge_loss(losses: Sequence[float], min_rel_drop: float, *, params_finite: b
     if final < initial * (1 - min_rel_drop):
         return "ok", f"{summary}, more than the {required} required"
     return "no_learning", f"{summary}, not the {required} drop required"
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    """The torch floating dtype a cell's `dtype` names (`float32`, `bfloat16`, ...)."""
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        valid = ["float16", "bfloat16", "float32", "float64"]
-        raise HarnessError(f"Unknown dtype {name!r}: use a torch floating dtype such as {', '.join(valid)}.")
-    return dtype
 
 
 def device_absence(device: str) -> tuple[str | None, str] | None:

@@ -12,7 +12,8 @@ from typing import Any
 
 from harness.cells import AXES, Cell
 from harness.errors import HarnessError, MatrixError
-from harness.spec import Matrix, OptimizerEntry, check_builder, check_device, check_dtype, close_match, quote
+from harness.spec import Matrix, OptimizerEntry, check_builder, check_device, check_dtype
+from harness.wording import quote, unknown
 
 Expander = Callable[[str], list[str]]
 
@@ -139,11 +140,15 @@ def _check_exclude(matrix: Matrix, members: list[tuple[OptimizerEntry, str]], in
             # A glob may aim at a family whose package is not installed here (it stays one `skipped` cell).
             unexpanded = _is_family(value) and any(_is_family(name) for _, name in members)
             if not unexpanded and not any(_optimizer_matches(value, entry, name) for entry, name in members):
-                raise MatrixError(_no_optimizer(value, members, "this exclude's"), path=matrix.path, line=line)
+                raise MatrixError(
+                    f"`exclude[{index}].optimizer`: {_no_optimizer(value, members)}", path=matrix.path, line=line
+                )
         else:
             choices = list(getattr(matrix, _AXIS_LISTS[axis]))
             if value not in choices:
-                raise MatrixError(_not_on_axis(axis, value, choices, "this exclude's"), path=matrix.path, line=line)
+                raise MatrixError(
+                    f"`exclude[{index}].{axis}`: {_not_on_axis(axis, value, choices)}", path=matrix.path, line=line
+                )
 
 
 def _apply_include(
@@ -190,7 +195,7 @@ def _check_include_values(matrix: Matrix, index: int, rule: dict[str, Any]) -> N
     """Values an include may add anew must still be valid: a known variant, a dtype, a builder, a device."""
     if "kwargs" in rule and rule["kwargs"] not in matrix.kwargs:
         raise MatrixError(
-            _not_on_axis("kwargs", rule["kwargs"], list(matrix.kwargs), "this include's"),
+            f"`include[{index}].kwargs`: {_not_on_axis('kwargs', rule['kwargs'], list(matrix.kwargs))}",
             path=matrix.path,
             line=matrix.line_of("include", index, "kwargs"),
         )
@@ -206,23 +211,26 @@ def _unmatched_hint(matrix: Matrix, members: list[tuple[OptimizerEntry, str]], r
     """Why an include matched nothing, when one of its values is on no combination."""
     for axis, value in rule.items():
         if axis == "optimizer" and not any(_optimizer_matches(value, entry, name) for entry, name in members):
-            return " " + _no_optimizer(value, members, "Its")
+            return f" Its optimizer: {_no_optimizer(value, members)}"
         if axis in _AXIS_LISTS and value not in (choices := list(getattr(matrix, _AXIS_LISTS[axis]))):
-            return " " + _not_on_axis(axis, value, choices, "Its")
+            return f" Its {axis}: {_not_on_axis(axis, value, choices)}"
     return ""
 
 
-def _not_on_axis(axis: str, value: str, choices: list[str], whose: str) -> str:
-    listed = ", ".join(choices)
-    return f"{whose} {axis} {quote(value)} is not in `{_AXIS_LISTS[axis]}` ({listed}).{close_match(value, choices)}"
+def _not_on_axis(axis: str, value: str, choices: list[str]) -> str:
+    kind = "variant" if axis == "kwargs" else axis
+    return unknown(kind, value, choices, where=f" in `{_AXIS_LISTS[axis]}`")
 
 
-def _no_optimizer(pattern: str, members: list[tuple[OptimizerEntry, str]], whose: str) -> str:
+def _no_optimizer(pattern: str, members: list[tuple[OptimizerEntry, str]]) -> str:
     names = list(dict.fromkeys([name for _, name in members] + [entry.name for entry, _ in members]))
-    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-    return (
-        f"{whose} optimizer {quote(pattern)} matches no optimizer of the matrix ({shown})."
-        f"{close_match(pattern, names)} Name a concrete optimizer, an entry as written, or a glob such as '*Adam*'."
+    return unknown(
+        "optimizer",
+        pattern,
+        names,
+        where=" in the matrix",
+        shown=8,
+        also=" (a concrete optimizer, an entry as written, or a glob such as '*Adam*')",
     )
 
 

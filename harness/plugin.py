@@ -35,6 +35,7 @@ from harness.records import (
 )
 from harness.settings import Settings
 from harness.vocabulary import GATE_FAILING
+from harness.wording import first_line
 
 _RUNNER_KEY = pytest.StashKey[CellRunner]()
 _OUT_LOCK_KEY = pytest.StashKey[int]()
@@ -172,14 +173,13 @@ class CellItem(pytest.Item):
             self.user_properties.append(("reason", record.reason))
         verdict = _verdict_for(self.config, record, self.settings)
         self.user_properties.append(("verdict", verdict))
-        if verdict in _GATE_FAILING:
+        if verdict in GATE_FAILING:
             raise CellFailure(record, verdict)
         if record.status == "skipped":
             pytest.skip(f"{record.error_message or 'skipped'}")
         if record.status != "ok":
-            pytest.xfail(
-                f"{verdict}: {record.status} ({record.reason}): {_first_line(record.error_message or record.judgement)}"
-            )
+            why = first_line(strip_control(record.error_message or record.judgement or ""))
+            pytest.xfail(f"{verdict}: {record.status} ({record.reason}): {why}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, CellFailure):
@@ -198,14 +198,6 @@ class CellItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"cell: {self.cell.id}"
-
-
-def _first_line(text: str | None) -> str:
-    text = strip_control(text or "")
-    return text.strip().splitlines()[0][:200] if text.strip() else ""
-
-
-_GATE_FAILING = GATE_FAILING
 
 
 @pytest.hookimpl(wrapper=True)

@@ -32,11 +32,13 @@ STATUS_SYMBOLS = {
     "step_error": "!",
     "no_learning": "~",
     "nonfinite": "∞",
+    "mismatch": "≠",
     "skipped": "–",
     "crashed": "☠",
     "timeout": "◷",
 }
 VERDICT_SYMBOLS = {
+    "lost": "⊘",
     "regression": "▼",
     "fixed": "▲",
     "changed": "↔",

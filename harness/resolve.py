@@ -9,7 +9,6 @@ Names come in four forms:
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import functools
 import importlib
@@ -22,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from harness.errors import HarnessError, UnknownOptimizerError
+from harness.wording import quote, unknown
 
 OPTIMIZER_PACKAGES = ("torch", "bitsandbytes", "grokadamw", "timm")
 """The optimizer packages whose versions every record's environment lists."""
@@ -205,12 +205,10 @@ def _unknown_module(missing: str) -> str:
     try:
         parent = importlib.import_module(parent_name)
     except ImportError:
-        return f"Module {missing!r} does not exist."
+        return f"Module {quote(missing)} does not exist."
     found = pkgutil.iter_modules(getattr(parent, "__path__", []))
     children = sorted(m.name for m in found if not m.name.startswith("_"))
-    close = close_matches(child, children)
-    hint = f" did you mean {' or '.join(repr(f'{parent_name}.{c}') for c in close)}?" if close else ""
-    return f"Module {missing!r} does not exist:{hint} {parent_name} has: {', '.join(children) or 'no submodules'}."
+    return unknown("module", child, children, where=f" in {parent_name}")
 
 
 def _optimizer_classes(module: ModuleType) -> list[str]:
@@ -238,18 +236,6 @@ def _has_wildcard(pattern: str) -> bool:
     return any(ch in pattern for ch in "*?[")
 
 
-def close_matches(name: str, candidates: list[str], n: int = 3) -> list[str]:
-    """The candidates a user most likely meant: case-insensitive equals and completions first, then look-alikes."""
-    lowered = name.lower()
-    ranked = [c for c in candidates if c.lower() == lowered]
-    ranked += sorted((c for c in candidates if c.lower().startswith(lowered) and c not in ranked), key=len)
-    ranked += [c for c in difflib.get_close_matches(name, candidates, n=n, cutoff=0.6) if c not in ranked]
-    return ranked[:n] if lowered else []
-
-
 def _unknown(name: str, available: list[str], *, where: str) -> str:
-    """`Unknown optimizer 'AdamW8' in ...: did you mean 'AdamW8bit'? Available: ...`."""
-    close = close_matches(name.strip("*?[]"), available)
-    hint = f" did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    listed = ", ".join(available) if available else "none"
-    return f"Unknown optimizer {name!r} in {where}:{hint} Available: {listed}."
+    """`unknown optimizer 'AdamW8' in ...: did you mean 'AdamW8bit'? Available: ...`."""
+    return unknown("optimizer", name, available, where=f" in {where}", n=3)

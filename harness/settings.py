@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
 
 from harness.cells import Cell
 
@@ -50,7 +50,7 @@ def _default_tolerances() -> dict[str, Tolerance]:
     }
 
 
-class BenchSettings(_Section):
+class _BenchFields(_Section):
     """Fused / foreach / for-loop step timing, parity and memory, on a GPT larger than the training one."""
 
     enabled: bool = True
@@ -74,7 +74,24 @@ class BenchSettings(_Section):
         0.2, ge=0, description="the gate's `slower`: a fused speed-up this fraction under the baseline's"
     )
 
-    devices: dict[str, dict[str, Any]] = Field(
+
+BenchOverrides: type[_Section] = create_model(
+    "BenchOverrides",
+    __base__=_Section,
+    __doc__="Bench settings one device kind sets in place of the general ones; unset fields are None.",
+    **{
+        name: (info.annotation | None, FieldInfo.merge_field_infos(info, default=None, default_factory=None))
+        for name, info in _BenchFields.model_fields.items()
+        if name != "cells"
+    },
+)
+"""`bench.devices.<kind>`: every bench setting but `cells`, each optional, checked as where it stands."""
+
+
+class BenchSettings(_BenchFields):
+    __doc__ = _BenchFields.__doc__
+
+    devices: dict[str, BenchOverrides] = Field(  # type: ignore[valid-type]  # a model built by create_model
         default_factory=dict,
         description="per device kind, bench settings that replace the ones above, e.g. `cuda: {d_model: 768, "
         "n_layers: 12}`: a GPU needs a far larger model than a CPU before its kernels, not their launches, "
@@ -84,25 +101,10 @@ class BenchSettings(_Section):
     def for_device(self, device: str) -> BenchSettings:
         """These settings with the overrides for `device`'s kind (`cuda:1` -> `cuda`) applied."""
         overrides = self.devices.get(device.split(":")[0])
-        return self.model_validate({**self.model_dump(), **overrides, "devices": {}}) if overrides else self
-
-    @field_validator("devices")
-    @classmethod
-    def _overrides_are_bench_settings(cls, devices: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        valid = sorted(set(cls.model_fields) - {"devices", "cells"})
-        for kind, overrides in devices.items():
-            for key in overrides:
-                if key not in valid:
-                    near = difflib.get_close_matches(key, valid, n=1)
-                    hint = f" Did you mean {near[0]!r}?" if near else f" Valid: {', '.join(valid)}."
-                    raise ValueError(f"bench.devices.{kind} sets {key!r}, which is not a bench setting.{hint}")
-            try:
-                cls.model_validate(overrides)  # each value must be valid where it stands
-            except ValidationError as exc:
-                problem = exc.errors()[0]
-                where = ".".join(str(part) for part in problem["loc"])
-                raise ValueError(f"bench.devices.{kind}.{where}: {problem['msg']}") from None
-        return devices
+        if overrides is None:
+            return self
+        changes = overrides.model_dump(exclude_none=True)
+        return self.model_validate({**self.model_dump(), **changes, "devices": {}})
 
     def selects(self, cell: Cell) -> bool:
         """Whether `cell` runs the benchmark after its training."""

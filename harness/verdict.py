@@ -1,7 +1,8 @@
 """The release gate: each record judged against its cell's accepted outcome in the baseline.
 
-Verdicts, most severe first:
+Verdicts, most severe first (`harness.vocabulary.VERDICTS`):
 
+- `lost`: the cell was selected but left no record (its runner died before writing one).
 - `regression`: the cell was `ok` and now fails.
 - `fixed`: the cell was failing and is now `ok`. It fails the gate until accepted (like pytest's strict
   xfail), so a fix is never forgotten in a baseline that still expects the failure.
@@ -16,17 +17,26 @@ Verdicts, most severe first:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from harness.baseline import SPEEDUP_KEYS, BaselineEntry, bench_speedups
 from harness.cells import Record
 from harness.errors import HarnessError
+from harness.vocabulary import GATE_FAILING, VERDICTS
+from harness.vocabulary import Verdict as VerdictName
+from harness.wording import first_line
 
-VERDICTS = ("regression", "fixed", "changed", "slower", "new", "not_run", "as_expected")
-"""Every verdict, most severe first (the order reports list them in)."""
-
-GATE_FAILING = frozenset({"regression", "fixed", "changed", "slower"})
+__all__ = [
+    "GATE_FAILING",
+    "VERDICTS",
+    "Verdict",
+    "count_verdicts",
+    "gate_failed",
+    "judge",
+    "judge_one",
+    "sort_verdicts",
+]
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,7 @@ class Verdict:
     """One cell's outcome against the baseline. `was`/`now` read `status` or `status (reason)`."""
 
     id: str
-    verdict: str
+    verdict: VerdictName
     was: str | None
     now: str
     detail: str
@@ -65,7 +75,7 @@ def judge_one(record: Record, entry: BaselineEntry | None, *, speedup_tolerance:
         return Verdict(record.id, "new", None, now, f"No accepted outcome for this cell yet; it is {now} now.")
     was = outcome_label(entry.status, entry.reason)
 
-    def verdict(name: str, detail: str) -> Verdict:
+    def verdict(name: VerdictName, detail: str) -> Verdict:
         return Verdict(record.id, name, was, now, detail)
 
     if record.status == "skipped":
@@ -86,7 +96,9 @@ def judge_one(record: Record, entry: BaselineEntry | None, *, speedup_tolerance:
     return verdict("as_expected", f"Fails as accepted: {now}.")
 
 
-def _compare_speedups(record: Record, entry: BaselineEntry, verdict, tolerance: float) -> Verdict:
+def _compare_speedups(
+    record: Record, entry: BaselineEntry, verdict: Callable[[VerdictName, str], Verdict], tolerance: float
+) -> Verdict:
     now_speedups = bench_speedups(record.bench)
     old_speedups = dict(entry.speedup or {})
     drops = [
@@ -102,11 +114,7 @@ def _compare_speedups(record: Record, entry: BaselineEntry, verdict, tolerance: 
 
 
 def _error_suffix(record: Record) -> str:
-    lines = (record.error_message or "").strip().splitlines()
-    first_line = lines[0].rstrip(".") if lines else ""
-    if len(first_line) > 200:
-        first_line = first_line[:199] + "…"
-    parts = [part for part in (record.error_type, first_line) if part]
+    parts = [part for part in (record.error_type, first_line(record.error_message).rstrip(".")) if part]
     return ": " + ": ".join(parts) if parts else ""
 
 
@@ -115,11 +123,11 @@ def gate_failed(verdicts: Iterable[Verdict]) -> bool:
     return any(v.verdict in GATE_FAILING for v in verdicts)
 
 
-def count_verdicts(verdicts: Iterable[Verdict]) -> dict[str, int]:
+def count_verdicts(verdicts: Iterable[Verdict]) -> dict[VerdictName, int]:
     """How many cells got each verdict, every verdict listed (zeros too), most severe first."""
     counts = dict.fromkeys(VERDICTS, 0)
     for v in verdicts:
-        counts[v.verdict] = counts.get(v.verdict, 0) + 1
+        counts[v.verdict] += 1
     return counts
 
 

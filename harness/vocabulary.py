@@ -1,4 +1,4 @@
-"""The project's words, each defined once: statuses, reasons, verdicts, builders, acceleration hints.
+"""The project's words, each defined once: statuses, reasons, verdicts, builders, dtypes, hints.
 
 Every other module imports these; sets derived from them (what fails the gate, what counts as a
 known incompatibility) live here beside them, so a new word is added in one place.
@@ -38,10 +38,14 @@ Verdict = Literal["lost", "regression", "fixed", "changed", "slower", "new", "no
 Builder = Literal["direct", "signature", "safe"]
 """The built-in builders; any `package.module:function` is a builder too."""
 
+Dtype = Literal["float32", "float16", "bfloat16", "float64"]
+"""The parameter dtypes a matrix runs (`harness.dtypes.parse_dtype` turns one into a `torch.dtype`)."""
+
 STATUSES: tuple[Status, ...] = get_args(Status)
 REASONS: tuple[Reason, ...] = get_args(Reason)
 VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
 BUILDERS: tuple[Builder, ...] = get_args(Builder)
+DTYPES: tuple[Dtype, ...] = get_args(Dtype)
 
 GATE_FAILING: frozenset[Verdict] = frozenset({"lost", "regression", "fixed", "changed", "slower"})
 """Verdicts that fail the gate (exit status 1)."""

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]  # tests/test_plugin.py runs the harness's pytest plugin in-process
+
 RESOURCES = Path(__file__).parent / "resources"
 
 

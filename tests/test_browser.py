@@ -146,13 +146,13 @@ def test_the_status_filter_leaves_only_the_chosen_cells(page):
         if box.get_attribute("value") != "ok":
             box.uncheck()
     assert visible_statuses(p) == ["ok"] * 6
-    assert p.locator("#f-count").inner_text() == "6 of 13 cells shown"
+    assert p.locator("#f-count").inner_text() == "6 of 14 cells shown"
     assert p.locator("tr.row", has_text="AdamW8bit").is_visible()  # its ok cell keeps the row ...
     assert p.locator("td.cell[data-status=no_learning]").is_hidden()  # ... but not its no_learning cell
     assert p.locator("tr.row", has_text="torch.optim.SGD").is_hidden()  # a row with no ok cell goes
     assert p.locator("#matrix thead th", has_text="cuda").is_hidden()  # and so does a column
     p.click("#f-reset")
-    assert len(visible_statuses(p)) == 13
+    assert len(visible_statuses(p)) == 14
     assert_offline_and_clean(page)
 
 
@@ -181,7 +181,7 @@ def test_free_text_and_axis_filters_hide_and_show_cells(page):
     p.select_option("#f-verdict", "regression")
     assert visible_statuses(p) == ["step_error"]
     p.select_option("#f-verdict", "")
-    assert len(visible_statuses(p)) == 13
+    assert len(visible_statuses(p)) == 14
     assert_offline_and_clean(page)
 
 

@@ -18,7 +18,6 @@ from torch.optim import optimizer as torch_optimizer
 
 import harness
 from harness.build import (
-    HINTS,
     Built,
     DroppedKwargsWarning,
     KwargTypeError,
@@ -30,6 +29,7 @@ from harness.build import (
 from harness.classify import classify_error
 from harness.errors import HarnessError
 from harness.resolve import MissingDependency, ResolvedOptimizer, resolve_optimizer
+from harness.vocabulary import ACCELERATION_HINTS
 
 CPU_HAS_FUSED = "cpu" in torch_optimizer._get_fused_kernels_supported_devices()
 
@@ -173,13 +173,13 @@ def test_safe_keeps_what_var_kwargs_takes_and_flags_it():
 def test_safe_raises_on_a_typo_naming_the_close_kwarg():
     with pytest.raises(UnexpectedKwargError) as caught:
         build("safe", resolved(torch.optim.AdamW), params(), {"lrr": 0.1}, device="cpu")
-    assert str(caught.value) == "unexpected keyword argument 'lrr' for AdamW: did you mean 'lr'?"
+    assert str(caught.value).startswith("unknown keyword argument 'lrr' for AdamW: did you mean 'lr'? Available: lr,")
     assert isinstance(caught.value, TypeError) and isinstance(caught.value, HarnessError)
     assert classify_error(caught.value, device="cpu", dtype="float32") == "unexpected_kwarg"
 
 
 def test_safe_lists_what_the_class_takes_when_nothing_is_close():
-    with pytest.raises(UnexpectedKwargError, match=r"'zzz' for GrokAdamW: it takes: lr, betas, eps"):
+    with pytest.raises(UnexpectedKwargError, match=r"'zzz' for GrokAdamW\. Available: lr, betas, eps"):
         build("safe", resolved(grokadamw.GrokAdamW), params(), {"zzz": 1}, device="cpu")
 
 
@@ -272,13 +272,13 @@ def test_a_framework_that_uses_build_optimizer_reports_its_drops():
 
 
 def test_unknown_named_builder_names_the_close_one():
-    expected = r"Unknown builder 'signatur': did you mean 'signature'\? Use one of direct, signature, safe"
+    expected = r"unknown builder 'signatur': did you mean 'signature'\? Available: direct, signature, safe"
     with pytest.raises(HarnessError, match=expected):
         load_builder("signatur")
 
 
 def test_builder_function_missing_from_its_module_names_the_close_one():
-    expected = r"has no function 'instantiate'\. did you mean 'tests.frameworks.litgpt_like:instantiate_optimizer'"
+    expected = r"unknown function 'instantiate' in tests.frameworks.litgpt_like: did you mean 'instantiate_optimizer'\?"
     with pytest.raises(HarnessError, match=expected):
         load_builder("tests.frameworks.litgpt_like:instantiate")
 
@@ -364,11 +364,11 @@ def test_a_typo_always_raises_and_names_the_kwarg_meant(data):
     typo = data.draw(_typos(meant))
     import inspect
 
-    assume(typo not in inspect.signature(_CLASSES[name]).parameters and typo not in HINTS and typo)
+    assume(typo not in inspect.signature(_CLASSES[name]).parameters and typo not in ACCELERATION_HINTS and typo)
     with pytest.raises(UnexpectedKwargError) as caught:
         build("safe", resolved(_CLASSES[name]), params(), {typo: 0.01}, device="cpu")
     message = str(caught.value)
-    assert message.startswith(f"unexpected keyword argument {typo!r} for ")
+    assert message.startswith(f"unknown keyword argument {typo!r} for ")
     assert repr(meant) in message or f" {meant}," in message or message.endswith(f" {meant}.")
 
 

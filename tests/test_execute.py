@@ -171,7 +171,7 @@ def test_dropped_and_absorbed_kwargs_come_from_the_builder():
 def test_a_typo_under_the_safe_builder_is_an_unexpected_kwarg_error():
     record = run("torch.optim.AdamW", {"lrr": 3e-3}, builder="safe")
     assert (record.status, record.reason) == ("construct_error", "unexpected_kwarg")
-    assert record.error_message.endswith("did you mean 'lr'?")
+    assert "did you mean 'lr'?" in record.error_message
 
 
 def test_a_missing_package_is_skipped_with_the_pip_name():
@@ -278,7 +278,7 @@ def test_bench_runs_only_for_ok_cells_the_filters_choose():
 
 def test_parse_dtype_refuses_non_float_names():
     assert parse_dtype("bfloat16") is torch.bfloat16
-    with pytest.raises(Exception, match="Unknown dtype 'int8': use a torch floating dtype"):
+    with pytest.raises(Exception, match="unknown dtype 'int8'. Available: float32, float16, bfloat16, float64."):
         parse_dtype("int8")
 
 

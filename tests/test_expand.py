@@ -100,7 +100,7 @@ def test_an_exclude_glob_may_aim_at_a_family_whose_package_is_missing() -> None:
     cells = expand_matrix(matrix, expand_optimizer=lambda name: families[name])
 
     assert [cell.optimizer for cell in cells] == ["timm:*", "torch.optim.AdamW"]
-    with pytest.raises(MatrixError, match="matches no optimizer"):
+    with pytest.raises(MatrixError, match="unknown optimizer 'timm:kron[*]' in the matrix"):
         expand_matrix(
             build(optimizers=["torch.optim.AdamW"], exclude=[{"optimizer": "timm:kron*"}]), expand_optimizer=identity
         )
@@ -292,7 +292,7 @@ def load_text(write_matrix, text: str) -> Matrix:
               - device: cdua
             """,
             4,
-            "this exclude's device 'cdua' is not in `devices` (cpu, cuda). Did you mean 'cuda'?",
+            "`exclude[0].device`: unknown device 'cdua' in `devices`: did you mean 'cuda'? Available: cpu, cuda.",
         ),
         (
             """
@@ -303,7 +303,7 @@ def load_text(write_matrix, text: str) -> Matrix:
                 builder: singature
             """,
             5,
-            "this exclude's builder 'singature' is not in `builders` (direct).",
+            "`exclude[0].builder`: unknown builder 'singature' in `builders`. Available: direct.",
         ),
         (
             """
@@ -312,8 +312,8 @@ def load_text(write_matrix, text: str) -> Matrix:
               - optimizer: pkg.Adma
             """,
             3,
-            "this exclude's optimizer 'pkg.Adma' matches no optimizer of the matrix (pkg.Adam, pkg.SGD). "
-            "Did you mean 'pkg.Adam'?",
+            "`exclude[0].optimizer`: unknown optimizer 'pkg.Adma' in the matrix: did you mean 'pkg.Adam'? "
+            "Available: pkg.Adam, pkg.SGD (a concrete optimizer,",
         ),
         (
             """
@@ -323,7 +323,7 @@ def load_text(write_matrix, text: str) -> Matrix:
                 note: x
             """,
             3,
-            "this include's kwargs 'fsued' is not in `kwargs` (plain).",
+            "`include[0].kwargs`: unknown variant 'fsued' in `kwargs`. Available: plain.",
         ),
         (
             """
@@ -332,7 +332,7 @@ def load_text(write_matrix, text: str) -> Matrix:
               - {optimizer: pkg.A, device: cpu, dtype: flaot64, kwargs: plain, builder: direct}
             """,
             3,
-            "`include[0].dtype`: unknown dtype 'flaot64'. Did you mean 'float64'?",
+            "`include[0].dtype`: unknown dtype 'flaot64': did you mean 'float64'?",
         ),
         (
             """
@@ -341,7 +341,7 @@ def load_text(write_matrix, text: str) -> Matrix:
               - {optimizer: pkg.A, device: cdua, dtype: float32, kwargs: plain, builder: direct}
             """,
             3,
-            "`include[0].device`: 'cdua' is not a torch device type. Did you mean 'cuda'?",
+            "`include[0].device`: unknown device type 'cdua': did you mean 'cuda'?",
         ),
         (
             """
@@ -363,7 +363,7 @@ def load_text(write_matrix, text: str) -> Matrix:
             """,
             5,
             "`include[0]` matches no combination, so it adds a new one, and a new combination must name every axis; "
-            "it lacks optimizer, dtype, kwargs, builder. Its device 'cuda' is not in `devices` (cpu).",
+            "it lacks optimizer, dtype, kwargs, builder. Its device: unknown device 'cuda' in `devices`. Available: cpu.",
         ),
     ],
 )
@@ -405,14 +405,14 @@ def test_an_unknown_optimizer_becomes_a_matrix_error_at_its_entry(write_matrix) 
 
     def expand(name: str) -> list[str]:
         if name == "pkg.Nope":
-            raise UnknownOptimizerError("Unknown optimizer 'pkg.Nope': did you mean 'pkg.Nop'?")
+            raise UnknownOptimizerError("unknown optimizer 'pkg.Nope': did you mean 'pkg.Nop'?")
         return [name]
 
     with pytest.raises(MatrixError) as caught:
         expand_matrix(matrix, expand_optimizer=expand)
 
     assert caught.value.line == 3
-    assert "Unknown optimizer 'pkg.Nope': did you mean 'pkg.Nop'?" in str(caught.value)
+    assert "unknown optimizer 'pkg.Nope': did you mean 'pkg.Nop'?" in str(caught.value)
     assert isinstance(caught.value.__cause__, UnknownOptimizerError)
 
 

@@ -226,7 +226,7 @@ def test_speedups_are_tabled_and_charted_per_device(html):
 def test_the_environment_is_shown(html):
     [section] = parse(html).find_all("section", id="environment")
     assert "2.14.1+cpu" in section.text and "NVIDIA H100 80GB HBM3" in section.text
-    assert "11 cells on cpu" in section.text
+    assert "12 cells on cpu" in section.text
 
 
 def test_two_thousand_cells_stay_small_and_store_each_traceback_once(records):

@@ -41,7 +41,7 @@ def test_a_short_torch_name_is_torch_optim():
 
 
 def test_a_short_name_torch_lacks_names_the_close_ones():
-    with pytest.raises(UnknownOptimizerError, match=r"Unknown optimizer 'adamw' in torch.optim: did you mean 'AdamW'"):
+    with pytest.raises(UnknownOptimizerError, match=r"unknown optimizer 'adamw' in torch.optim: did you mean 'AdamW'"):
         expand_optimizer("adamw")
 
 
@@ -138,7 +138,7 @@ def test_unknown_class_in_an_installed_package_names_the_close_ones():
     with pytest.raises(UnknownOptimizerError) as caught:
         resolve_optimizer("bitsandbytes.optim.AdamW8")
     message = str(caught.value)
-    assert message.startswith("Unknown optimizer 'AdamW8' in module 'bitsandbytes.optim': did you mean 'AdamW8bit'")
+    assert message.startswith("unknown optimizer 'AdamW8' in module 'bitsandbytes.optim': did you mean 'AdamW8bit'")
     assert "Available: " in message and "Lion8bit" in message
 
 
@@ -148,13 +148,13 @@ def test_a_typo_in_a_full_path_fails_at_expansion_not_at_run_time():
 
 
 def test_unknown_module_of_an_installed_package_names_the_close_one():
-    expected = r"Module 'torch.optimm' does not exist: did you mean 'torch.optim'\?"
+    expected = r"unknown module 'optimm' in torch: did you mean 'optim'\? Available: .*\bamp\b"
     with pytest.raises(UnknownOptimizerError, match=expected):
         resolve_optimizer("torch.optimm.AdamW")
 
 
 def test_a_pattern_matching_nothing_lists_what_there_is():
-    expected = r"Unknown optimizer '\*9bit' in module 'bitsandbytes.optim':.*Available: .*AdamW8bit"
+    expected = r"unknown optimizer '\*9bit' in module 'bitsandbytes.optim'\. Available: .*AdamW8bit"
     with pytest.raises(UnknownOptimizerError, match=expected):
         expand_optimizer("bitsandbytes.optim:*9bit")
 

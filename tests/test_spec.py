@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from harness.errors import MatrixError
 from harness.settings import Settings
-from harness.spec import DTYPES, Matrix, OptimizerEntry, check_device, load_matrix, matrix_from_data
+from harness.spec import OptimizerEntry, check_device, load_matrix, matrix_from_data
+from harness.vocabulary import DTYPES
 
 
 def test_minimal_file_takes_every_default(resources: Path) -> None:
@@ -144,7 +145,7 @@ def test_a_directory_is_not_a_matrix_file(tmp_path: Path) -> None:
         (
             "optimizers: [a.B]\nbench:\n  cells:\n    - {devise: cpu}\n",
             4,
-            "`bench.cells[0]` names 'devise', which is not an axis. Did you mean 'device'?",
+            "`bench.cells[0]`: unknown axis 'devise': did you mean 'device'? Available: optimizer, device,",
         ),
         (
             "optimizers:\n  - name: a.B\n    defaults: [lr]\n",
@@ -154,6 +155,16 @@ def test_a_directory_is_not_a_matrix_file(tmp_path: Path) -> None:
         ("optimizers:\n  - defaults: {lr: 1}\n", 2, "`optimizers[0]` is missing the required key 'name'."),
         ("optimizers: [a.B]\ndevices: [CUDA]\n", 2, "device types are lower case: write 'cuda', not 'CUDA'."),
         ("optimizers: [torch optim]\n", 1, "'torch optim' is not a name: write it without spaces"),
+        (
+            "optimizers: [a.B]\nbench:\n  devices:\n    cuda:\n      d_model: 2\n",
+            5,
+            "`bench.devices.cuda.d_model` must be at least 4, not 2.",
+        ),
+        (
+            "optimizers: [a.B]\nbench:\n  devices:\n    cuda:\n      n_layers: 2\n      dmodel: 8\n",
+            6,
+            "unknown key 'dmodel' in `bench.devices.cuda`: did you mean 'd_model'? Available: enabled, d_model,",
+        ),
         ("optimizers: [a.B]\nkwargs: {}\n", 2, "`kwargs` is empty; give at least one."),
         ("optimizers: [a.B]\nexclude:\n  - {}\n", 3, "`exclude[0]` is empty; name at least one axis"),
         (
@@ -175,7 +186,7 @@ def test_mistakes_become_one_sentence_at_their_line(write_matrix, document: str,
 
 
 def test_a_misspelt_key_is_reported_before_the_missing_key_it_explains() -> None:
-    with pytest.raises(MatrixError, match="unknown key 'optimisers' in the top level. Did you mean 'optimizers'?"):
+    with pytest.raises(MatrixError, match="unknown key 'optimisers' in the top level: did you mean 'optimizers'[?]"):
         matrix_from_data({"devices": ["cpu"], "optimisers": ["a.B"]}, path="m.yaml")
 
 
@@ -183,7 +194,7 @@ def test_include_may_carry_extra_keys_but_exclude_may_not() -> None:
     matrix = matrix_from_data({"optimizers": ["a.B"], "include": [{"device": "cpu", "color": "green"}]}, path="m.yaml")
     assert matrix.include == ({"device": "cpu", "color": "green"},)
 
-    with pytest.raises(MatrixError, match="`exclude\\[0\\]` names 'color', which is not an axis"):
+    with pytest.raises(MatrixError, match="`exclude\\[0\\]`: unknown axis 'color'. Available: optimizer,"):
         matrix_from_data({"optimizers": ["a.B"], "exclude": [{"device": "cpu", "color": "green"}]}, path="m.yaml")
 
 
@@ -203,12 +214,16 @@ def test_misspelt_devices_are_refused(device: str) -> None:
     assert check_device(device)
 
 
-def test_matrix_is_frozen(resources: Path) -> None:
-    matrix = load_matrix(resources / "good" / "minimal.yaml")
+def test_a_device_kind_takes_its_own_bench_settings() -> None:
+    matrix = matrix_from_data(
+        {"optimizers": ["a.B"], "bench": {"d_model": 64, "devices": {"cuda": {"d_model": 768, "n_layers": 12}}}},
+        path="m.yaml",
+    )
+    bench = matrix.settings.bench
 
-    with pytest.raises(AttributeError):
-        matrix.devices = ("cuda",)  # type: ignore[misc]
-    assert isinstance(matrix, Matrix)
+    assert (bench.for_device("cuda:1").d_model, bench.for_device("cuda:1").n_layers) == (768, 12)
+    assert bench.for_device("cuda").repeats == bench.repeats  # what the device does not set stays
+    assert bench.for_device("cpu") == bench
 
 
 _scalars = st.one_of(

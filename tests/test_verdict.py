@@ -147,7 +147,7 @@ def test_judge_keeps_the_records_order_and_ignores_baseline_cells_not_run():
 def test_sort_verdicts_puts_regressions_first():
     verdicts = [Verdict(str(i), name, None, "ok", "") for i, name in enumerate(reversed(VERDICTS))]
     assert [v.verdict for v in sort_verdicts(verdicts)] == list(VERDICTS)
-    assert VERDICTS[0] == "regression"
+    assert VERDICTS[0] in GATE_FAILING and VERDICTS[-1] == "as_expected"
 
 
 # ----------------------------------------------------------------------------------------- properties

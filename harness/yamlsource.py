@@ -1,0 +1,158 @@
+"""Read a YAML file as plain data and keep the line of every key and list item.
+
+A matrix file is data, never code: any tag beyond YAML's plain types is refused before anything is
+constructed, and a key written twice in one mapping is an error (YAML would silently keep the last).
+Errors are `MatrixError`s that name the file and line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import MatrixError
+from harness.wording import dotted, quote
+
+KeyPath = tuple[str | int, ...]
+"""Where a key or list item sits in the document: `("include", 0, "device")`."""
+
+_PLAIN_TAGS = frozenset(
+    "tag:yaml.org,2002:" + name
+    for name in ("str", "int", "float", "bool", "null", "seq", "map", "merge", "timestamp", "binary", "set", "omap")
+)
+
+
+def read_yaml(path: Path) -> tuple[yaml.Node | None, Any, dict[KeyPath, int]]:
+    """The root node (None for an empty file), its plain data, and the 1-based line of each key path."""
+    node, data = parse_yaml(read_text(path), path)
+    return node, data, ({} if node is None else key_lines(node, path))
+
+
+def read_text(path: Path) -> str:
+    """The file's text; a missing, unreadable or non-UTF-8 file is a `MatrixError` saying what to pass."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise MatrixError(
+            f"no matrix file here (looked for {path.resolve()}); pass the path of a YAML matrix file.", path=path
+        ) from exc
+    except IsADirectoryError as exc:
+        raise MatrixError("this is a directory, not a matrix file; pass the path of a YAML file.", path=path) from exc
+    except UnicodeDecodeError as exc:
+        raise MatrixError(f"the file is not UTF-8 text ({exc.reason} at byte {exc.start}).", path=path) from exc
+    except OSError as exc:
+        raise MatrixError(f"cannot read the matrix file: {exc.strerror or exc}.", path=path) from exc
+
+
+def parse_yaml(text: str, path: Path) -> tuple[yaml.Node | None, Any]:
+    """Compose the document (to keep lines) and construct plain data from it, never running a tag."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _refuse_tags(node, path)
+        return node, loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        raise MatrixError(_yaml_problem(exc), path=path, line=_yaml_line(exc)) from exc
+    except yaml.YAMLError as exc:
+        raise MatrixError(f"this is not valid YAML: {exc}.", path=path) from exc
+    finally:
+        loader.dispose()
+
+
+def key_lines(root: yaml.Node, path: Path) -> dict[KeyPath, int]:
+    """The line of every key and list item by path; a key written twice in one mapping is an error."""
+    lines: dict[KeyPath, int] = {(): root.start_mark.line + 1}
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, KeyPath]] = [(root, ())]
+    while stack:
+        node, where = stack.pop()
+        if id(node) in seen:  # an alias: its lines are those of its anchor
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first_at: dict[str, int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag.endswith(":merge"):
+                    continue
+                line = key.start_mark.line + 1
+                if key.value in first_at:
+                    owner = f"`{dotted(where)}`" if where else "the top level"
+                    raise MatrixError(
+                        f"the key {quote(key.value)} is written twice in {owner} "
+                        f"(first at line {first_at[key.value]}); "
+                        "YAML would silently keep only the last one, so rename or remove one of them.",
+                        path=path,
+                        line=line,
+                    )
+                first_at[key.value] = line
+                lines[(*where, key.value)] = line
+                stack.append((value, (*where, key.value)))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines[(*where, index)] = item.start_mark.line + 1
+                stack.append((item, (*where, index)))
+    return lines
+
+
+def line_of(lines: Mapping[KeyPath, int], path: tuple[Any, ...]) -> int | None:
+    """The line of the key or item at `path`, or of its nearest written ancestor; None without lines."""
+    path = tuple(part if isinstance(part, int) else str(part) for part in path)
+    for end in range(len(path), -1, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return None
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    problem, context = exc.problem or "", exc.context or ""
+    if problem.startswith("but ") and context:  # PyYAML splits "expected X, but found Y" in two
+        problem, context = f"{context}, {problem}", ""
+    mark, start = exc.problem_mark, exc.context_mark
+    if context and start is not None and mark is not None and start.line != mark.line:
+        context = f" ({context} started at line {start.line + 1})"
+    elif context:
+        context = f" ({context})"
+    column = f" at column {mark.column + 1}" if mark is not None else ""
+    return (
+        f"this is not valid YAML: {problem or 'it cannot be parsed'}{context}{column}. "
+        "Check the indentation, colons, brackets and quotes on this line and the ones above."
+    )
+
+
+def _yaml_line(exc: yaml.MarkedYAMLError) -> int | None:
+    mark = exc.problem_mark or exc.context_mark
+    return mark.line + 1 if mark is not None else None
+
+
+def _walk(node: yaml.Node) -> Iterator[yaml.Node]:
+    """Every node once (aliases are shared nodes, so a document of nested aliases stays cheap)."""
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, yaml.MappingNode):
+            for key, value in reversed(current.value):
+                stack.extend((value, key))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend(reversed(current.value))
+
+
+def _refuse_tags(root: yaml.Node, path: Path) -> None:
+    for node in _walk(root):
+        if node.tag not in _PLAIN_TAGS:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise MatrixError(
+                f"the tag {quote(tag)} is not allowed: a matrix file holds plain data only (strings, numbers, "
+                "booleans, lists and mappings). Remove the tag.",
+                path=path,
+                line=node.start_mark.line + 1,
+            )
