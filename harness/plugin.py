@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest._code.code import TerminalRepr
 
 from harness.cells import Cell, Record
 from harness.errors import HarnessError
@@ -143,7 +144,7 @@ class MatrixFile(pytest.File):
             if cell.id not in done:
                 yield CellItem.from_parent(self, name=cell.id, cell=cell, settings=matrix.settings)
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | TerminalRepr:
         if isinstance(excinfo.value, HarnessError):
             return f"error: {excinfo.value}"
         return super().repr_failure(excinfo)
@@ -181,7 +182,7 @@ class CellItem(pytest.Item):
             why = first_line(strip_control(record.error_message or record.judgement or ""))
             pytest.xfail(f"{verdict}: {record.status} ({record.reason}): {why}")
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | TerminalRepr:
         if isinstance(excinfo.value, CellFailure):
             record, verdict = excinfo.value.record, excinfo.value.verdict
             lines = [
@@ -245,7 +246,7 @@ class Ledger:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if hasattr(self.config, "workerinput"):
+        if hasattr(self.config, "workerinput") or self.config.option.collectonly:
             return
         lost = self.reconcile()
         ledger = self.results.parent / LOST_NAME
