@@ -1,11 +1,10 @@
-"""Runs each cell in a fresh process forked from a warm server, so nothing a cell does reaches another.
+"""Runs cells in processes forked from a warm server, so a cell's faults and changes reach no other cell.
 
-One server process per pytest worker imports torch and the optimizer packages once; for each cell it
-forks a child in a process group of its own, which runs the cell and exits. A segfault, abort,
-`os._exit` or hang costs that child alone, and whatever a cell changes process-wide (a monkeypatched
-`torch.optim.AdamW`, the default dtype, threads, grad mode, cwd, environment, a child process it
-left running) dies with its process group. Forking costs tens of milliseconds a cell, against the
-seconds a fresh interpreter would take to import torch.
+One server process per pytest worker imports torch and the optimizer packages once and forks the
+processes cells run in (`harness.forkserver`), each in a process group of its own. A segfault, abort,
+`os._exit` or hang costs that process alone; whatever a cell changes process-wide (a monkeypatched
+`torch.optim.AdamW`, the default dtype, grad mode, cwd, environment, a child process it left running)
+is found after the cell, and the next cell gets a freshly forked process.
 
 The child speaks on a pipe of its own (never stdout, where an optimizer may print): the phases it
 enters (`train`, `wait` for a lock, `bench`) and then its record. The parent keeps one clock per
@@ -31,6 +30,7 @@ from typing import Any
 
 from harness.cells import Cell, Record
 from harness.errors import HarnessError
+from harness.forkserver import blame as _blame  # noqa: F401  (kept importable from here)
 from harness.settings import Settings
 
 _STDERR_TAIL = 4000
@@ -38,9 +38,6 @@ _STARTUP_TIMEOUT_S = 300
 _WAIT_LIMIT_S = 3600.0
 """A last resort only: a lock wait ends when the holder's own deadline kills it, long before this."""
 _SELECT_CHUNK_S = 60.0
-# Imported once when a server starts, so no cell pays for them (bitsandbytes alone takes seconds).
-_WARM_IMPORTS = ("torch", "bitsandbytes.optim", "timm.optim", "grokadamw")
-_PR_SET_PDEATHSIG = 1
 
 
 class RunnerError(HarnessError):
@@ -90,31 +87,32 @@ class CellRunner:
             return self._crashed(cell, 0.0, None, "The cell runner died before it took the cell", stderr_from)
         clock = _Clock(settings.train.timeout_s, settings.bench.timeout_s)
         pid: int | None = None
-        record: Record | None = None
         while True:
             message = self._read_message(clock.left())
             if message is None:
                 if not clock.expired():
                     continue
                 self._kill_group(pid)
-                self._await_exit()
+                self._await_exit(pid)
                 return _timeout(cell, clock, time.perf_counter() - start)
             if not isinstance(message, dict):  # "eof": the server and the child are gone
                 return self._crashed(cell, time.perf_counter() - start, None, "The cell runner died", stderr_from)
+            if "exit" in message:
+                if pid is None or message.get("pid") != pid:
+                    continue  # a process that ended after an earlier cell's record ("last")
+                return self._crashed(
+                    cell,
+                    time.perf_counter() - start,
+                    int(message["exit"]),
+                    "The process running the cell died",
+                    stderr_from,
+                )
             if "pid" in message:
                 pid = int(message["pid"])
             elif "phase" in message:
                 clock.enter(str(message["phase"]))
             elif "record" in message:
-                record = Record.from_dict(message["record"])
-            elif "exit" in message:
-                self._kill_group(pid)  # whatever the cell left running dies with it
-                if record is not None:
-                    return record
-                code = int(message["exit"])
-                return self._crashed(
-                    cell, time.perf_counter() - start, code, "The process running the cell died", stderr_from
-                )
+                return Record.from_dict(message["record"])
 
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -211,14 +209,14 @@ class CellRunner:
             return {"unreadable": line[:200].decode(errors="replace")}
         return message if isinstance(message, dict) else {"unreadable": str(message)[:200]}
 
-    def _await_exit(self) -> None:
-        """After killing a cell: the server reports its exit; a server that does not is replaced."""
+    def _await_exit(self, pid: int | None) -> None:
+        """After killing a cell's process: the server reports its exit; a server that does not is replaced."""
         deadline = time.monotonic() + 10
         while (left := deadline - time.monotonic()) > 0:
             message = self._read_message(left)
-            if message is None or message == "eof":
+            if not isinstance(message, dict):
                 break
-            if isinstance(message, dict) and "exit" in message:
+            if "exit" in message and message.get("pid") == pid:
                 return
         self._kill()
 
@@ -335,179 +333,7 @@ def _parent_env(cell: Cell) -> dict[str, Any]:
     return {"python": platform.python_version(), "torch": torch_version, "device": cell.device}
 
 
-# --- the server's side ------------------------------------------------------------------------------
-
-
-def serve(reply_fd: int) -> None:
-    """Read a request per line; fork a child per request; tell the parent its pid and exit status."""
-    _die_with_parent()
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a cell's `kill(getppid())` must not end the server
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from harness.execute import run_cell  # noqa: F401  (imported once here, inherited by every child)
-
-    _warm_up()
-    import gc
-
-    gc.freeze()  # what the server holds stays out of each child's garbage collections (and copies)
-    _send(reply_fd, {"ready": True})
-    for line in sys.stdin:
-        pid = os.fork()
-        if pid == 0:
-            _child(line, reply_fd)  # never returns
-        try:
-            os.setpgid(pid, pid)
-        except OSError:
-            pass  # the child did it first, or is already gone
-        _send(reply_fd, {"pid": pid})
-        _, status = os.waitpid(pid, 0)
-        try:
-            os.killpg(pid, signal.SIGKILL)  # what the cell left running
-        except (ProcessLookupError, PermissionError):
-            pass
-        _send(reply_fd, {"exit": os.waitstatus_to_exitcode(status)})
-
-
-def _child(line: str, reply_fd: int) -> None:
-    code = 0
-    try:
-        os.setpgid(0, 0)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        _die_with_parent()
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        from harness import exclusive
-
-        exclusive.set_phase_listener(lambda phase: _send(reply_fd, {"phase": phase}))
-        request = json.loads(line)
-        cell = Cell.from_dict(request["cell"])
-        record = _run(cell, Settings.model_validate(request["settings"]))
-        _send(reply_fd, {"record": json.loads(record.to_json())})
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        code = 70
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-def _run(cell: Cell, settings: Settings) -> Record:
-    """`run_cell`, with anything that escapes it (an optimizer module raising on import) made a record."""
-    from harness.execute import environment, run_cell
-
-    try:
-        _import_optimizer_module(cell.optimizer)
-        record = run_cell(cell, settings)
-    except BaseException as exc:
-        import traceback
-
-        from harness.classify import classify_error
-
-        return Record.for_cell(
-            cell,
-            "construct_error",
-            reason=classify_error(exc, device=cell.device, dtype=cell.dtype),
-            error_type=type(exc).__name__,
-            error_message=str(exc) or type(exc).__name__,
-            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-            env=environment(cell.device, None),
-        )
-    broken = _device_error(cell.device)
-    return _blame(record, broken) if broken is not None else record
-
-
-def _import_optimizer_module(name: str) -> None:
-    """Import the module an optimizer name lives in; an absent package is left for `run_cell` to skip."""
-    import importlib
-
-    if name.startswith("timm:"):
-        module = "timm.optim"
-    elif ":" in name:
-        module = name.split(":", 1)[0]
-    elif "." in name:
-        module = name.rsplit(".", 1)[0]
-    else:
-        return
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        pass  # run_cell tells a missing package (skipped) from a missing module (construct_error)
-
-
-def _send(fd: int, message: dict[str, Any]) -> None:
-    os.write(fd, (json.dumps(message) + "\n").encode())
-
-
-def _die_with_parent() -> None:
-    """Linux: this process is killed when its parent dies, so no cell outlives its run."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _device_error(device: str) -> BaseException | None:
-    """The error a cell left on its device (an illegal instruction, say), found by synchronising."""
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    try:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
-    except Exception as exc:
-        return exc
-    return None
-
-
-def _blame(record: Record, error: BaseException) -> Record:
-    """The cell that left its device broken fails, even if its own steps seemed to finish."""
-    note = f"The cell left a device error behind: {type(error).__name__}: {str(error).splitlines()[0]}"
-    if record.status in ("ok", "no_learning", "nonfinite", "mismatch"):
-        return record.replace(status="step_error", reason="other", error_type=type(error).__name__, error_message=note)
-    return record.replace(error_message=f"{record.error_message or ''}\n{note}".strip())
-
-
-def _warm_up() -> None:
-    import importlib
-
-    import torch
-
-    # No OpenMP thread pool in the server: a child forked from a process whose pool ran hangs in its
-    # first parallel region (libgomp). Children set their own thread count (train.threads, bench.threads).
-    torch.set_num_threads(1)
-    for module in _WARM_IMPORTS:
-        if module.startswith("bitsandbytes") and torch.cuda.is_available():
-            continue  # it initialises CUDA on import, and a forked child cannot use a CUDA its parent set up
-        try:
-            importlib.import_module(module)
-        except Exception:
-            pass
-    # The first optimizer step imports torch's lazy machinery (dynamo hooks); pay for it here.
-    param = torch.nn.Parameter(torch.zeros(4))
-    param.grad = torch.ones(4)
-    torch.optim.AdamW([param]).step()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        print("harness.isolate: CUDA was initialised while warming up; CUDA cells will fail.", file=sys.stderr)
-
-
-def _main(argv: list[str]) -> None:
-    if argv[:1] == ["--check"]:
-        _warm_up()
-        print("the cell runner imports and warms up fine")
-        return
-    if argv[:1] != ["--reply-fd"] or len(argv) != 2:
-        raise SystemExit("usage: python -m harness.isolate --reply-fd FD | --check")
-    os.dup2(2, 1)  # anything printed goes to stderr; replies go to their own descriptor
-    serve(int(argv[1]))
-
-
 if __name__ == "__main__":
-    _main(sys.argv[1:])
+    from harness.forkserver import main
+
+    main(sys.argv[1:])
