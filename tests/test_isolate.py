@@ -12,8 +12,8 @@ import pytest
 
 from harness import isolate
 from harness.cells import Cell, Record
-from harness.isolate import CellRunner, _describe_exit
 from harness.forkserver import blame as _blame
+from harness.isolate import CellRunner, _describe_exit
 from harness.settings import Settings
 from harness.vocabulary import STEPPED
 
