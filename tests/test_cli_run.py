@@ -333,3 +333,21 @@ def test_run_argument_mistakes_exit_2_with_a_sentence_before_any_cell(
 
     assert done.returncode == 2, done.stdout + done.stderr
     assert words in done.stderr and "Traceback" not in done.stderr
+
+
+def test_terminal_text_is_capped_and_control_characters_leave_terminal_and_markdown(tmp_path: Path) -> None:
+    from harness.cells import Cell, Record
+    from harness.cli import main
+    from harness.plugin import terminal_text
+    from harness.records import write_records
+
+    shouting = "\x1b[31mred\x1b[0m \x07bell\r\n" + "\n".join(f"line {i}" for i in range(100))
+    capped = terminal_text(shouting)
+    assert "\x1b" not in capped and "\x07" not in capped and "\r" not in capped
+    assert len(capped.splitlines()) == 6 and capped.splitlines()[0] == "red bell"
+
+    cell = Cell("torch.optim.AdamW", "cpu", "float32", "plain", {}, "direct")
+    write_records(tmp_path / "results.jsonl", [Record.for_cell(cell, "step_error", error_message=shouting)])
+    assert main(["report", str(tmp_path), "--baselines", str(tmp_path)]) == 0
+    for name in ("summary.md", "report.html"):
+        assert "\x1b" not in (tmp_path / name).read_text()

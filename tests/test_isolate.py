@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import isolate
+from harness import exclusive, isolate
 from harness.cells import Cell, Record
 from harness.forkserver import blame as _blame
 from harness.isolate import CellRunner, _describe_exit
@@ -132,3 +132,31 @@ def test_the_clock_charges_waits_to_no_phase_and_names_the_phase_that_ran_out(
     record = isolate._timeout(cell("torch.optim.AdamW"), clock, 1006)
     assert "bench phase ran past bench.timeout_s = 5 s" in (record.error_message or "")
     assert "996.0 s spent waiting" in (record.error_message or "")
+
+
+def test_a_benchmark_that_cannot_have_the_machine_keeps_its_cells_outcome(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(exclusive.LOCK_DIR_ENV, str(tmp_path))
+    benching = ROOMY.model_copy(
+        update={
+            "bench": ROOMY.bench.model_validate(
+                {
+                    "cells": [{"optimizer": "torch.optim.*"}],
+                    "d_model": 16,
+                    "n_layers": 1,
+                    "vocab_size": 64,
+                    "seq_len": 8,
+                    "warmup": 1,
+                    "repeats": 3,
+                    "timeout_s": 1,
+                }
+            )
+        }
+    )
+    with CellRunner() as runner:
+        runner.start()
+        with exclusive.shared():  # another run's cell trains, and does not stop
+            record = runner.run(cell("torch.optim.AdamW"), benching)
+    assert record.status == "ok"
+    assert record.bench is not None and "not free for a benchmark within 1 s" in record.bench["not_measured"]
