@@ -94,8 +94,10 @@ def _child(reply_fd: int) -> None:
         while (line := _read_request(requests)) is not None:
             _send(reply_fd, {"pid": os.getpid()})
             request = json.loads(line)
-            record = _run(Cell.from_dict(request["cell"]), Settings.model_validate(request["settings"]))
+            record, device_broken = _run(Cell.from_dict(request["cell"]), Settings.model_validate(request["settings"]))
             changed = _changes(before, _process_state()) + _kill_leftovers()
+            if device_broken:  # a CUDA error poisons the context for good: the next cell must not inherit it
+                changed.append("its device (an error left behind)")
             if changed:
                 print(f"harness: {record.id} changed {', '.join(changed)}; the next cell gets a fresh process.")
             _send(reply_fd, {"record": json.loads(record.to_json()), "last": bool(changed)})
@@ -123,8 +125,9 @@ def _read_request(fd: int) -> bytes | None:
     return data
 
 
-def _run(cell: Cell, settings: Settings) -> Record:
-    """`run_cell`, with anything that escapes it (an optimizer module raising on import) made a record."""
+def _run(cell: Cell, settings: Settings) -> tuple[Record, bool]:
+    """`run_cell`, with anything that escapes it (an optimizer module raising on import) made a record;
+    and whether the cell left its device broken."""
     from harness.execute import environment, run_cell
 
     try:
@@ -135,7 +138,7 @@ def _run(cell: Cell, settings: Settings) -> Record:
 
         from harness.classify import classify_error
 
-        return Record.for_cell(
+        failed = Record.for_cell(
             cell,
             "construct_error",
             reason=classify_error(exc, device=cell.device, dtype=cell.dtype),
@@ -144,8 +147,9 @@ def _run(cell: Cell, settings: Settings) -> Record:
             traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
             env=environment(cell.device, None),
         )
+        return failed, False
     broken = _device_error(cell.device)
-    return blame(record, broken) if broken is not None else record
+    return (blame(record, broken), True) if broken is not None else (record, False)
 
 
 def _import_optimizer_module(name: str) -> None:
