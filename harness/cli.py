@@ -209,10 +209,11 @@ def _read_lost(path: Path) -> dict[str, str]:
 
 
 def _print_lost(lost: dict[str, str]) -> None:
-    from harness.plugin import terminal_text
+    from harness.plugin import strip_control
+    from harness.wording import first_line
 
     for cell_id, error in list(lost.items())[:20]:
-        print(f"lost: {cell_id}: {terminal_text(error, lines=1)}")
+        print(f"lost: {cell_id}: {first_line(strip_control(error))}")
     if len(lost) > 20:
         print(f"lost: ... and {len(lost) - 20} more cells (see lost.json)")
 

@@ -263,7 +263,7 @@ class Ledger:
         if reporter is not None:
             reporter.write_line(f"[matrix] {len(lost)} selected cells have no record (verdict `lost`):", red=True)
             for cell_id, error in list(lost.items())[:20]:
-                reporter.write_line(f"  lost: {cell_id}: {terminal_text(error, lines=1)}")
+                reporter.write_line(f"  lost: {cell_id}: {first_line(error)}")
         if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
