@@ -26,8 +26,17 @@ DEFAULT_OUT = "reports"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:  # `run m.yaml --out d -- -x`: everything after `--` is pytest's
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # `run --env` re-runs them in the environment
+    args.argv = [*argv, *(["--", *extra] if extra else [])]  # `run --env` re-runs them in the environment
+    if extra:
+        if args.command is not cmd_run:
+            parser.error("only `run` passes arguments after `--` on to pytest")
+        args.pytest_args = [*args.pytest_args, *extra]
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)
@@ -118,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_list(args: argparse.Namespace) -> int:
     from harness.spec import load_matrix
 
-    cells = _cells_of(load_matrix(args.matrix), args.shard)
+    cells = _cells_of(load_matrix(args.matrix), args.shard, None)
     if args.json:
         print(json.dumps([cell.to_dict() for cell in cells], indent=2))
     else:
@@ -128,16 +137,33 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import pytest
-
-    from harness.records import results_path
+    from harness.records import lock_out_dir
     from harness.spec import load_matrix
 
+    workers = _workers(args.workers)
     matrix = load_matrix(args.matrix)
-    _cells_of(matrix, args.shard)  # a bad matrix or shard fails here, cleanly, before pytest starts
     if getattr(args, "env", None):
+        _cells_of(matrix, args.shard, None)  # a bad matrix or shard fails here, before any environment is built
         return _run_in_environment(matrix, args)
     out = Path(args.out)
+    lock = lock_out_dir(out)  # a second run into the same --out is refused here, with a sentence
+    try:
+        return _run_locked(args, matrix, out, workers)
+    finally:
+        os.close(lock)
+
+
+def _run_locked(args: argparse.Namespace, matrix: Matrix, out: Path, workers: str) -> int:
+    import pytest
+
+    from harness.plugin import LOST_NAME, OUT_LOCK_ENV
+    from harness.probe import CACHE_ENV
+    from harness.records import results_path
+
+    cache = out / ".expansion.json"
+    cache.unlink(missing_ok=True)
+    _cells_of(matrix, args.shard, cache)  # a bad matrix or shard fails here, cleanly, before pytest starts
+    (out / LOST_NAME).unlink(missing_ok=True)
     pytest_args = [
         str(args.matrix),
         "-p",
@@ -153,8 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "-o",
         "junit_family=xunit2",
     ]
-    if args.workers not in ("0", 0):
-        pytest_args += ["-n", str(args.workers)]
+    if workers != "0":
+        pytest_args += ["-n", workers]
     else:
         pytest_args += ["-p", "no:xdist"]
     if args.keyword:
@@ -164,16 +190,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.shard:
         pytest_args.append(f"--matrix-shard={args.shard}")
     pytest_args += list(args.pytest_args)
-    code = pytest.main(pytest_args)
+    env = {OUT_LOCK_ENV: str(out.resolve()), CACHE_ENV: str(cache.resolve())}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        code = pytest.main(pytest_args)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    lost = _read_lost(out / LOST_NAME)
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED):
+        _print_lost(lost)
         raise HarnessError(
             f"pytest stopped with exit status {int(code)} before the matrix finished; see its output above."
+            + (f" {len(lost)} selected cells have no record; rerun with --resume." if lost else "")
         )
     results = results_path(out)
-    if not results.exists():
+    if not results.exists() and not lost:
         print("No cell ran (none selected); nothing to report.")
         return 0
-    return _render(results, out, Path(args.baselines), matrix.settings.bench.speedup_tolerance, args.screenshot)
+    tolerance = matrix.settings.bench.speedup_tolerance
+    return _render(results, out, Path(args.baselines), tolerance, args.screenshot, lost=lost)
+
+
+def _workers(value: str) -> str:
+    """`-n`: a whole number of workers (0 runs in this process), `auto` or `logical`."""
+    text = str(value).strip()
+    if text in ("auto", "logical") or (text.isdigit() and int(text) >= 0):
+        return str(int(text)) if text.isdigit() else text
+    raise HarnessError(f"-n takes a number of workers (0 or more), `auto` or `logical`, not {value!r}.")
+
+
+def _read_lost(path: Path) -> dict[str, str]:
+    """The cells the run selected but left without a record (written by the plugin's ledger)."""
+    if not path.exists():
+        return {}
+    try:
+        return {entry["id"]: entry["error"] for entry in json.loads(path.read_text())}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HarnessError(f"Cannot read {path}, the run's list of lost cells: {exc}.") from exc
+
+
+def _print_lost(lost: dict[str, str]) -> None:
+    from harness.plugin import strip_control
+    from harness.wording import first_line
+
+    for cell_id, error in list(lost.items())[:20]:
+        print(f"lost: {cell_id}: {first_line(strip_control(error))}")
+    if len(lost) > 20:
+        print(f"lost: ... and {len(lost) - 20} more cells (see lost.json)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -187,12 +255,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from harness.records import read_records, results_path, write_records
 
-    merged: dict[str, object] = {}
-    for source in args.dirs:
-        for record in read_records(results_path(source)):
-            merged[record.id] = record
+    merged = {record.id: record for source in args.dirs for record in read_records(results_path(source))}
     out = Path(args.out)
-    write_records(results_path(out), merged.values())  # type: ignore[arg-type]
+    write_records(results_path(out), merged.values())
     print(f"merged {len(merged)} records from {len(args.dirs)} results files into {results_path(out)}")
     return _render(results_path(out), out, Path(args.baselines), _tolerance(args.tolerance), False)
 
@@ -260,7 +325,10 @@ def cmd_baseline_accept(args: argparse.Namespace) -> int:
     from harness.baseline import accept
     from harness.records import read_records, results_path
 
-    records = read_records(results_path(args.results))
+    results = results_path(args.results)
+    records = read_records(results)
+    if not records:
+        raise HarnessError(f"{results} holds no record to accept; run the matrix first, or pass the right path.")
     for path in accept(records, Path(args.baselines)):
         print(f"accepted {path}")
     return 0
@@ -277,13 +345,16 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _render(results: Path, out: Path, baselines: Path, tolerance: float, screenshot: bool) -> int:
+def _render(
+    results: Path, out: Path, baselines: Path, tolerance: float, screenshot: bool, *, lost: dict[str, str] | None = None
+) -> int:
     from harness.baseline import load_baselines
     from harness.records import read_records
     from harness.report import write_reports
     from harness.verdict import count_verdicts, gate_failed, judge
 
-    records = read_records(results)
+    lost = lost or {}
+    records = [_printable(record) for record in read_records(results)] if results.exists() else []
     verdicts = judge(records, load_baselines(records, baselines), speedup_tolerance=tolerance)
     paths = write_reports(records, verdicts, out, title="Optimizer compatibility matrix")
     for name, path in paths.items():
@@ -295,18 +366,31 @@ def _render(results: Path, out: Path, baselines: Path, tolerance: float, screens
         why = take_screenshot(Path(html), Path(html).with_suffix(".png"))
         print(f"no screenshot: {why}" if why else f"wrote screenshot: {Path(html).with_suffix('.png')}")
     counts = count_verdicts(verdicts)
+    if lost:
+        counts["lost"] = len(lost)
+        _print_lost(lost)
     summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
-    if gate_failed(verdicts):
+    if gate_failed(verdicts) or lost:
         print(f"gate: FAILED ({summary})")
         return 1
     print(f"gate: passed ({summary})")
     return 0
 
 
-def _cells_of(matrix: Matrix, shard: str | None) -> list[Cell]:
-    from harness.expand import expand_matrix, parse_shard, shard_cells
+def _printable(record: Record) -> Record:
+    """The record with ANSI escapes and control characters taken out of its texts (for terminal and Markdown)."""
+    from harness.plugin import strip_control
 
-    cells = expand_matrix(matrix)
+    texts = ("error_message", "error_type", "judgement", "traceback")
+    return record.replace(**{name: strip_control(v) for name in texts if isinstance(v := getattr(record, name), str)})
+
+
+def _cells_of(matrix: Matrix, shard: str | None, cache: Path | None) -> list[Cell]:
+    """The matrix's cells, its families expanded in a child process (never importing a module here)."""
+    from harness.expand import expand_matrix, parse_shard, shard_cells
+    from harness.probe import cached_expander, optimizer_names
+
+    cells = expand_matrix(matrix, expand_optimizer=cached_expander(optimizer_names(matrix), cache))
     return shard_cells(cells, *parse_shard(shard)) if shard else cells
 
 

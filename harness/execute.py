@@ -24,13 +24,14 @@ from harness.classify import classify_error
 from harness.dtypes import parse_dtype
 from harness.errors import HarnessError
 from harness.gpt import GPT, build_gpt, synthetic_batch
-from harness.measurements import Environment
+from harness.measurements import BenchResult, Environment
 from harness.memory import device_name, state_bytes
 from harness.quiet import import_messages
 from harness.resolve import MissingDependency, ResolvedOptimizer, optimizer_package_versions, resolve_optimizer
 from harness.scenarios import Context, Scenario, get_scenario
 from harness.scenarios.base import judge_loss, take_steps
 from harness.settings import Settings
+from harness.vocabulary import STEPPED
 
 __all__ = ["construct", "judge_loss", "prepare", "run_cell", "train", "train_and_judge"]
 
@@ -89,11 +90,15 @@ def run_cell(cell: Cell, settings: Settings) -> Record:
         if isinstance(constructed, Record):
             return constructed
         record = train_and_judge(prepared, constructed, finish)
-    if record.status == "ok" and cell.scenario == DEFAULT_SCENARIO and settings.bench.selects(cell):
+    # step speed does not depend on the loss verdict: every cell whose steps ran is benchmarked
+    if record.status in STEPPED and cell.scenario == DEFAULT_SCENARIO and settings.bench.selects(cell):
         from harness.bench import run_bench
 
-        with exclusive.exclusive():  # timed alone, no other cell training meanwhile
-            bench = run_bench(prepared.resolved, cell, settings)
+        try:
+            with exclusive.exclusive(bound=settings.bench.timeout_s):  # timed alone, no other cell training
+                bench = run_bench(prepared.resolved, cell, settings)
+        except exclusive.MachineBusy as exc:
+            bench = BenchResult(not_measured=str(exc))
         record = record.replace(bench=bench, duration_s=time.perf_counter() - finish.started)
     return record
 

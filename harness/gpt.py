@@ -46,11 +46,6 @@ class GPT(nn.Module):
 
     def __init__(self, model: ModelSettings):
         super().__init__()
-        if model.d_model % model.n_heads:
-            raise ValueError(
-                f"model.d_model={model.d_model} is not divisible by model.n_heads={model.n_heads}; "
-                "pick a d_model that is a multiple of n_heads."
-            )
         self.settings = model
         self.wte = nn.Embedding(model.vocab_size, model.d_model)
         self.wpe = nn.Embedding(model.seq_len, model.d_model)

@@ -1,14 +1,22 @@
-"""Runs cells in a separate Python process, so a segfault, abort, `os._exit` or hang costs one cell.
+"""Runs cells in processes forked from a warm server, so a cell's faults and changes reach no other cell.
 
-One long-lived runner process per pytest worker takes cells one at a time over a pipe (JSON lines);
-starting Python and importing torch once per worker rather than once per cell keeps the harness's
-overhead small. When the runner dies the cell is `crashed`; when it outlives the cell's timeout it is
-killed and the cell is `timeout`. Either way the next cell gets a fresh runner.
+One server process per pytest worker imports torch and the optimizer packages once and forks the
+processes cells run in (`harness.forkserver`), each in a process group of its own. A segfault, abort,
+`os._exit` or hang costs that process alone; whatever a cell changes process-wide (a monkeypatched
+`torch.optim.AdamW`, the default dtype, grad mode, cwd, environment, a child process it left running)
+is found after the cell, and the next cell gets a freshly forked process.
+
+The child speaks on a pipe of its own (never stdout, where an optimizer may print): the phases it
+enters (`train`, `wait` for a lock, `bench`) and then its record. The parent keeps one clock per
+phase: training has `train.timeout_s`, the benchmark `bench.timeout_s`, and waiting for a lock is
+charged to neither (see `harness.exclusive`). A child past its phase's deadline is killed with its
+whole process group, and its record says which phase ran out.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import select
@@ -22,21 +30,29 @@ from typing import Any
 
 from harness.cells import Cell, Record
 from harness.errors import HarnessError
+from harness.forkserver import blame as _blame  # noqa: F401  (kept importable from here)
 from harness.settings import Settings
 
 _STDERR_TAIL = 4000
 _STARTUP_TIMEOUT_S = 300
-_READY = b'{"ready": true}'
-# Imported once when a runner starts, so no cell pays for them (bitsandbytes alone takes seconds).
-_WARM_IMPORTS = ("torch", "bitsandbytes.optim", "timm.optim", "grokadamw")
+_WAIT_LIMIT_S = 3600.0
+"""A last resort only: a lock wait ends when the holder's own deadline kills it, long before this."""
+_SELECT_CHUNK_S = 60.0
+
+
+class RunnerError(HarnessError):
+    """The runner could not be started or stopped answering: no cell can run, which fails the run."""
+
+    exit_code = 1
 
 
 class CellRunner:
-    """A runner process that is (re)started on demand; use as a context manager or call `close()`."""
+    """A warm fork server, (re)started on demand; use as a context manager or call `close()`."""
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None
+        self._reply: int | None = None
         self._buffer = b""
         self._ready = False
 
@@ -47,41 +63,56 @@ class CellRunner:
         self.close()
 
     def run(self, cell: Cell, settings: Settings) -> Record:
-        """Run one cell in the runner process; never raises for anything the cell does."""
+        """Run one cell in a fresh child; never raises for anything the cell does (`RunnerError` if no server)."""
+        try:
+            request = json.dumps({"cell": cell.to_dict(), "settings": settings.model_dump(mode="json")}) + "\n"
+        except (TypeError, ValueError) as exc:
+            return Record.for_cell(
+                cell,
+                "construct_error",
+                reason="invalid_value",
+                error_type=type(exc).__name__,
+                error_message=f"The cell's kwargs cannot be passed to its process ({exc}); "
+                "write plain numbers, strings, booleans, lists and mappings in the matrix file.",
+                env=_parent_env(cell),
+            )
         proc = self._ensure_started()
-        request = json.dumps({"cell": cell.to_dict(), "settings": settings.model_dump(mode="json")}) + "\n"
+        stderr_from = self._stderr_size()
         start = time.perf_counter()
         try:
             assert proc.stdin is not None
             proc.stdin.write(request.encode())
             proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            return self._crashed(cell, time.perf_counter() - start)
-        limit, which = settings.train.timeout_s, "train.timeout_s"
-        if settings.bench.selects(cell):
-            limit, which = limit + settings.bench.timeout_s, "train.timeout_s + bench.timeout_s"
-        line = self._read_line(limit)
-        elapsed = time.perf_counter() - start
-        if line is None:
-            self._kill()
-            return Record.for_cell(
-                cell,
-                "timeout",
-                reason="other",
-                error_type="Timeout",
-                error_message=(
-                    f"The cell ran past {which} = {limit:g} s and was killed; "
-                    "raise it in the matrix file if the cell is only slow."
-                ),
-                duration_s=elapsed,
-                env=_parent_env(cell),
-            )
-        if line == b"":
-            return self._crashed(cell, elapsed)
-        reply = json.loads(line)
-        if reply.get("restart"):
-            self.close()  # the runner is going away (its CUDA context is broken); the next cell gets a new one
-        return Record.from_dict(reply["record"])
+        except OSError:
+            return self._crashed(cell, 0.0, None, "The cell runner died before it took the cell", stderr_from)
+        clock = _Clock(settings.train.timeout_s, settings.bench.timeout_s)
+        pid: int | None = None
+        while True:
+            message = self._read_message(clock.left())
+            if message is None:
+                if not clock.expired():
+                    continue
+                self._kill_group(pid)
+                self._await_exit(pid)
+                return _timeout(cell, clock, time.perf_counter() - start)
+            if not isinstance(message, dict):  # "eof": the server and the child are gone
+                return self._crashed(cell, time.perf_counter() - start, None, "The cell runner died", stderr_from)
+            if "exit" in message:
+                if pid is None or message.get("pid") != pid:
+                    continue  # a process that ended after an earlier cell's record ("last")
+                return self._crashed(
+                    cell,
+                    time.perf_counter() - start,
+                    int(message["exit"]),
+                    "The process running the cell died",
+                    stderr_from,
+                )
+            if "pid" in message:
+                pid = int(message["pid"])
+            elif "phase" in message:
+                clock.enter(str(message["phase"]))
+            elif "record" in message:
+                return Record.from_dict(message["record"])
 
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -90,99 +121,196 @@ class CellRunner:
                 self._proc.stdin.close()
                 self._proc.wait(timeout=5)
             except (OSError, subprocess.TimeoutExpired):
-                self._kill()
+                self._proc.kill()
+                self._proc.wait()
         self._proc = None
+        self._ready = False
+        if self._reply is not None:
+            os.close(self._reply)
+            self._reply = None
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
 
     def start(self) -> None:
-        """Start the runner now, without waiting: it imports torch while pytest collects the cells."""
+        """Start the server now, without waiting: it imports torch while pytest collects the cells."""
         if self._proc is None or self._proc.poll() is not None:
             self._spawn()
 
     def _ensure_started(self) -> subprocess.Popen[bytes]:
-        """A runner that has imported torch and the optimizer packages, so a cell's time is its own."""
         if self._proc is not None and self._proc.poll() is None and self._ready:
             return self._proc
         if self._proc is None or self._proc.poll() is not None:
             self._spawn()
         assert self._proc is not None
-        if self._read_line(_STARTUP_TIMEOUT_S) != _READY:
-            tail = self._stderr_tail()
-            self._kill()
-            raise HarnessError(
-                f"The cell runner process (python -m harness.isolate) did not start within {_STARTUP_TIMEOUT_S} s; "
-                f"check that torch imports in this environment.\n{tail}"
-            )
-        self._ready = True
-        return self._proc
+        message = self._read_message(_STARTUP_TIMEOUT_S)
+        if isinstance(message, dict) and message.get("ready"):
+            self._ready = True
+            return self._proc
+        if message is not None:
+            self._proc.wait()
+        code = self._proc.poll()
+        tail = self._stderr_tail(0)
+        self._kill()
+        last = tail.strip().splitlines()[-1] if tail.strip() else "it wrote nothing to stderr"
+        if message is None:
+            why = f"did not become ready within {_STARTUP_TIMEOUT_S} s"
+        else:
+            why = f"ended before it was ready ({_describe_exit(code)})"
+        raise RunnerError(
+            f"The cell runner ({sys.executable} -m harness.isolate) {why}; its last words: {last}. "
+            "Run `python -m harness.isolate --check` to see its whole output."
+        )
 
     def _spawn(self) -> None:
         self.close()
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  # lives as long as the runner; closed by close()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the server)
         self._buffer = b""
         self._ready = False
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.isolate"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
-        )
+        reply_read, reply_write = os.pipe()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "harness.isolate", "--reply-fd", str(reply_write)],
+                stdin=subprocess.PIPE,
+                stdout=self._stderr,
+                stderr=self._stderr,
+                pass_fds=(reply_write,),
+                start_new_session=True,  # the terminal's ^C goes to pytest, which then closes the server
+                env={**os.environ, "PYTHONFAULTHANDLER": "1", "PYTORCH_NVML_BASED_CUDA_CHECK": "1"},
+            )
+        except OSError as exc:
+            os.close(reply_read)
+            raise RunnerError(f"Cannot start the cell runner ({sys.executable}): {exc.strerror or exc}.") from exc
+        finally:
+            os.close(reply_write)
+        self._reply = reply_read
 
-    def _read_line(self, timeout_s: float) -> bytes | None:
-        """The runner's next reply; b"" when it died, None when it ran out of time."""
-        assert self._proc is not None and self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
-        deadline = time.monotonic() + timeout_s
+    def _read_message(self, timeout_s: float) -> dict[str, Any] | str | None:
+        """The next message on the reply pipe; "eof" when every writer is gone, None when time ran out."""
+        assert self._reply is not None
+        deadline = time.monotonic() + timeout_s if math.isfinite(timeout_s) else math.inf
         while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
+            left = min(deadline - time.monotonic(), _SELECT_CHUNK_S)
             if left <= 0:
                 return None
-            ready, _, _ = select.select([fd], [], [], left)
+            ready, _, _ = select.select([self._reply], [], [], left)
             if not ready:
-                return None
-            chunk = os.read(fd, 1 << 16)
+                if deadline == math.inf or time.monotonic() >= deadline:
+                    return None
+                continue
+            chunk = os.read(self._reply, 1 << 16)
             if not chunk:
-                return b""
+                return "eof"
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
-        return line
-
-    def _crashed(self, cell: Cell, elapsed: float) -> Record:
-        assert self._proc is not None
         try:
-            code = self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+            message = json.loads(line)
+        except ValueError:
+            return {"unreadable": line[:200].decode(errors="replace")}
+        return message if isinstance(message, dict) else {"unreadable": str(message)[:200]}
+
+    def _await_exit(self, pid: int | None) -> None:
+        """After killing a cell's process: the server reports its exit; a server that does not is replaced."""
+        deadline = time.monotonic() + 10
+        while (left := deadline - time.monotonic()) > 0:
+            message = self._read_message(left)
+            if not isinstance(message, dict):
+                break
+            if "exit" in message and message.get("pid") == pid:
+                return
+        self._kill()
+
+    def _crashed(self, cell: Cell, elapsed: float, code: int | None, what: str, stderr_from: int) -> Record:
+        server_died = code is None
+        if server_died and self._proc is not None:
+            try:
+                code = self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                code = None
+        tail = self._stderr_tail(stderr_from)
+        if server_died:
             self._kill()
-            code = self._proc.returncode if self._proc else None  # type: ignore[assignment]  # None: no exit code
-        tail = self._stderr_tail()
-        self.close()
         return Record.for_cell(
             cell,
             "crashed",
             reason="other",
             error_type="ProcessDied",
-            error_message=f"The process running the cell died with {_describe_exit(code)}.",
+            error_message=f"{what} with {_describe_exit(code)}.",
             traceback=tail or None,
             duration_s=elapsed,
             env=_parent_env(cell),
         )
 
-    def _stderr_tail(self) -> str:
+    def _stderr_size(self) -> int:
+        if self._stderr is None:
+            return 0
+        return os.fstat(self._stderr.fileno()).st_size
+
+    def _stderr_tail(self, start: int) -> str:
         if self._stderr is None:
             return ""
         self._stderr.seek(0, os.SEEK_END)
         size = self._stderr.tell()
-        self._stderr.seek(max(0, size - _STDERR_TAIL))
+        self._stderr.seek(max(start, size - _STDERR_TAIL))
         return self._stderr.read().decode(errors="replace").strip()
+
+    @staticmethod
+    def _kill_group(pid: int | None) -> None:
+        if pid is None:
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def _kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
         self.close()
+
+
+class _Clock:
+    """Seconds used per phase: `train` and `bench` each have their own budget; `wait` is charged to neither."""
+
+    def __init__(self, train_s: float, bench_s: float) -> None:
+        self.budget = {"train": train_s, "bench": bench_s, "wait": _WAIT_LIMIT_S}
+        self.used = dict.fromkeys(self.budget, 0.0)
+        self.phase = "train"
+        self.since = time.monotonic()
+
+    def enter(self, phase: str) -> None:
+        now = time.monotonic()
+        self.used[self.phase] += now - self.since
+        self.phase, self.since = (phase if phase in self.budget else "train"), now
+
+    def left(self) -> float:
+        return self.budget[self.phase] - self.used[self.phase] - (time.monotonic() - self.since)
+
+    def expired(self) -> bool:
+        return self.left() <= 0
+
+
+_SETTING = {"train": "train.timeout_s", "bench": "bench.timeout_s", "wait": "the lock-wait limit"}
+
+
+def _timeout(cell: Cell, clock: _Clock, elapsed: float) -> Record:
+    phase = clock.phase
+    limit = clock.budget[phase]
+    waited = clock.used["wait"] + (time.monotonic() - clock.since if phase == "wait" else 0.0)
+    return Record.for_cell(
+        cell,
+        "timeout",
+        reason="other",
+        error_type="Timeout",
+        error_message=(
+            f"The cell's {phase} phase ran past {_SETTING[phase]} = {limit:g} s and was killed with its process "
+            f"group ({waited:.1f} s spent waiting for the machine were not counted); raise {_SETTING[phase]} "
+            "in the matrix file if the cell is only slow."
+        ),
+        duration_s=elapsed,
+        env=_parent_env(cell),
+    )
 
 
 def _describe_exit(code: int | None) -> str:
@@ -205,65 +333,7 @@ def _parent_env(cell: Cell) -> dict[str, Any]:
     return {"python": platform.python_version(), "torch": torch_version, "device": cell.device}
 
 
-def serve() -> None:
-    """The runner's side: read a request per line, answer a record per line, until stdin closes."""
-    reply = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # anything a cell prints goes to stderr, never into the protocol
-    from harness.execute import run_cell
-
-    _warm_up()
-    reply.write(_READY.decode() + "\n")
-    reply.flush()
-    for line in sys.stdin:
-        request = json.loads(line)
-        cell = Cell.from_dict(request["cell"])
-        record = run_cell(cell, Settings.model_validate(request["settings"]))
-        broken = _device_error(cell.device)
-        if broken is not None:
-            record = _blame(record, broken)
-        reply.write(json.dumps({"record": json.loads(record.to_json()), "restart": broken is not None}) + "\n")
-        reply.flush()
-        if broken is not None:
-            return  # a CUDA error poisons the context for good: the next cell must not inherit it
-
-
-def _device_error(device: str) -> BaseException | None:
-    """The error a cell left on its device (an illegal instruction, say), found by synchronising."""
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    try:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
-    except Exception as exc:
-        return exc
-    return None
-
-
-def _blame(record: Record, error: BaseException) -> Record:
-    """The cell that left its device broken fails, even if its own steps seemed to finish."""
-    note = f"The cell left a device error behind: {type(error).__name__}: {str(error).splitlines()[0]}"
-    if record.status in ("ok", "no_learning", "nonfinite"):
-        return record.replace(status="step_error", reason="other", error_type=type(error).__name__, error_message=note)
-    return record.replace(error_message=f"{record.error_message or ''}\n{note}".strip())
-
-
-def _warm_up() -> None:
-    from harness.quiet import quiet_import
-
-    for module in _WARM_IMPORTS:
-        try:
-            quiet_import(module)  # what it prints goes to each record's env["import_messages"]
-        except Exception:
-            pass
-    import torch
-
-    # The first optimizer step imports torch's lazy machinery (dynamo hooks); pay for it here.
-    param = torch.nn.Parameter(torch.zeros(4))
-    param.grad = torch.ones(4)
-    torch.optim.AdamW([param]).step()
-
-
 if __name__ == "__main__":
-    serve()
+    from harness.forkserver import main
+
+    main(sys.argv[1:])

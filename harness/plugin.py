@@ -8,29 +8,42 @@ a known incompatibility is an xfail, a regression (or an unaccepted fix) a failu
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
+from _pytest._code.code import TerminalRepr
 
 from harness.cells import Cell, Record
 from harness.environments import NAME_ENV as ENVIRONMENT_NAME
 from harness.errors import HarnessError
 from harness.exclusive import LOCK_DIR_ENV
 from harness.isolate import CellRunner
+from harness.probe import CACHE_ENV
 from harness.progress import MatrixProgress
-from harness.records import append_record, finished_ids, results_path
+from harness.records import (
+    append_record,
+    finished_ids,
+    lock_out_dir,
+    read_records,
+    repair_torn_tail,
+    results_path,
+)
 from harness.settings import Settings
 from harness.vocabulary import GATE_FAILING
 from harness.wording import first_line
 
-if TYPE_CHECKING:
-    from _pytest._code.code import TerminalRepr
-
 _RUNNER_KEY = pytest.StashKey[CellRunner]()
+_OUT_LOCK_KEY = pytest.StashKey[int]()
+OUT_LOCK_ENV = "HARNESS_OUT_LOCKED"
+"""Set by whoever holds the results directory's lock for this run (`harness run`, or the plugin)."""
+LOST_NAME = "lost.json"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,8 +59,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     is_worker = hasattr(config, "workerinput")
     out = results_path(config.getoption("matrix_out"))
-    if not is_worker and not config.getoption("matrix_resume") and _matrix_args(config) and out.exists():
-        out.unlink()  # a fresh run starts a fresh results file; --resume keeps it
+    if not is_worker and _matrix_args(config):
+        try:
+            _claim_out_dir(config, out)
+        except HarnessError as exc:
+            raise pytest.UsageError(str(exc)) from exc
     config.stash[_RUNNER_KEY] = CellRunner()
     if _matrix_args(config) and (is_worker or not _uses_xdist(config)):
         config.stash[_RUNNER_KEY].start()  # imports torch while pytest collects
@@ -58,10 +74,37 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault(LOCK_DIR_ENV, str(Path(tempfile.gettempdir()) / "harness-locks"))
 
 
+def _claim_out_dir(config: pytest.Config, out: Path) -> None:
+    """Lock the results' directory for this run, start or repair its results file, register the ledger."""
+    if os.environ.get(OUT_LOCK_ENV) != str(out.parent.resolve()):  # `harness run` holds it already
+        config.stash[_OUT_LOCK_KEY] = lock_out_dir(out.parent)
+        os.environ[OUT_LOCK_ENV] = str(out.parent.resolve())
+    if config.getoption("matrix_resume"):
+        cut = repair_torn_tail(out)
+        if cut:
+            sys.stderr.write(f"{out}: cut a torn last line ({cut} bytes) left by an interrupted run.\n")
+    elif out.exists():
+        out.unlink()  # a fresh run starts a fresh results file; --resume keeps it
+    if not os.environ.get(CACHE_ENV):
+        cache = out.parent / ".expansion.json"
+        cache.unlink(missing_ok=True)  # one cache per run: workers read what the controller probed
+        os.environ[CACHE_ENV] = str(cache.resolve())
+        config.add_cleanup(_forget_cache)
+    config.pluginmanager.register(Ledger(config, out), "harness-ledger")
+
+
+def _forget_cache() -> None:
+    os.environ.pop(CACHE_ENV, None)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     runner = config.stash.get(_RUNNER_KEY, None)
     if runner is not None:
         runner.close()
+    lock = config.stash.get(_OUT_LOCK_KEY, None)
+    if lock is not None:
+        os.close(lock)
+        os.environ.pop(OUT_LOCK_ENV, None)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -83,10 +126,13 @@ def _matrix_args(config: pytest.Config) -> set[Path]:
 class MatrixFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         from harness.expand import expand_matrix, parse_shard, shard_cells
+        from harness.probe import cached_expander, optimizer_names
         from harness.spec import load_matrix
 
         matrix = load_matrix(self.path)
-        cells = expand_matrix(matrix)
+        cache = os.environ.get(CACHE_ENV)
+        expander = cached_expander(optimizer_names(matrix), Path(cache) if cache else None)
+        cells = expand_matrix(matrix, expand_optimizer=expander)
         shard = self.config.getoption("matrix_shard")
         if shard:
             cells = shard_cells(cells, *parse_shard(shard))
@@ -126,6 +172,7 @@ class CellItem(pytest.Item):
         if os.environ.get(ENVIRONMENT_NAME):  # `run --env NAME` re-ran the harness inside that environment
             record = record.replace(environment=os.environ[ENVIRONMENT_NAME])
         append_record(results_path(self.config.getoption("matrix_out")), record)
+        self.harness_record = record.to_json()  # the controller's ledger keeps a copy (see Ledger)
         self.user_properties.append(("status", record.status))
         if record.reason:
             self.user_properties.append(("reason", record.reason))
@@ -136,9 +183,8 @@ class CellItem(pytest.Item):
         if record.status == "skipped":
             pytest.skip(f"{record.error_message or 'skipped'}")
         if record.status != "ok":
-            pytest.xfail(
-                f"{verdict}: {record.status} ({record.reason}): {first_line(record.error_message or record.judgement)}"
-            )
+            why = first_line(strip_control(record.error_message or record.judgement or ""))
+            pytest.xfail(f"{verdict}: {record.status} ({record.reason}): {why}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | TerminalRepr:
         if isinstance(excinfo.value, CellFailure):
@@ -150,13 +196,128 @@ class CellItem(pytest.Item):
                 lines.append(f"{record.error_type}: {record.error_message}")
             if record.judgement:
                 lines.append(record.judgement)
-            return "\n".join(lines)
+            return terminal_text("\n".join(lines))
         if isinstance(excinfo.value, pytest.xfail.Exception):
             return str(excinfo.value)  # its reason says it all; pytest's traceback rendering costs ~0.2 s a cell
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"cell: {self.cell.id}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    record = getattr(item, "harness_record", None)
+    if record is not None and call.when == "call":
+        report.harness_record = record  # travels to the xdist controller with the report
+    return report
+
+
+class Ledger:
+    """The controller's account of a run: which cells were selected, which records came back.
+
+    After the run every selected cell must have exactly one record in the results file. Records that
+    reached the controller but not the file (a cell deleted it) are written again; a selected cell
+    without a record is `lost`, listed with the pytest error that lost it in `DIR/lost.json`, and the
+    session fails.
+    """
+
+    def __init__(self, config: pytest.Config, results: Path) -> None:
+        self.config = config
+        self.results = results
+        self.selected: dict[str, None] = {}
+        self.errors: dict[str, str] = {}
+        self.records: dict[str, str] = {}
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.selected.update((item.cell.id, None) for item in session.items if isinstance(item, CellItem))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.selected.update((_cell_id(nodeid), None) for nodeid in ids if "::" in nodeid)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if "::" not in report.nodeid:
+            return
+        cell_id = _cell_id(report.nodeid)
+        record = getattr(report, "harness_record", None)
+        if record is not None:
+            self.records[cell_id] = record
+        if report.failed and cell_id not in self.errors and record is None:
+            self.errors[cell_id] = strip_control(report.longreprtext or "failed without a message")
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if hasattr(self.config, "workerinput") or self.config.option.collectonly:
+            return
+        lost = self.reconcile()
+        ledger = self.results.parent / LOST_NAME
+        try:
+            if lost:
+                ledger.write_text(json.dumps([{"id": i, "error": e} for i, e in lost.items()], indent=1) + "\n")
+            else:
+                ledger.unlink(missing_ok=True)
+        except OSError as exc:
+            raise HarnessError(f"Cannot write {ledger}: {exc.strerror}.") from exc
+        if not lost:
+            return
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"[matrix] {len(lost)} selected cells have no record (verdict `lost`):", red=True)
+            for cell_id, error in list(lost.items())[:20]:
+                reporter.write_line(f"  lost: {cell_id}: {first_line(error)}")
+        if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def reconcile(self) -> dict[str, str]:
+        """Selected cells without a record, each with the error that lost it; rewrites records a cell removed."""
+        on_disk = _ids_on_disk(self.results)
+        restored = [cell_id for cell_id in self.records if cell_id not in on_disk]
+        for cell_id in restored:
+            append_record(self.results, Record.from_dict(json.loads(self.records[cell_id])))
+        if restored:
+            sys.stderr.write(
+                f"{self.results} lost {len(restored)} records during the run (a cell removed or truncated it?); "
+                "they were written again from the records the workers reported.\n"
+            )
+            on_disk |= set(restored)
+        return {cell_id: self.errors.get(cell_id, _NEVER_RAN) for cell_id in self.selected if cell_id not in on_disk}
+
+
+_NEVER_RAN = "pytest never reported this cell (the run stopped early: -x, --maxfail, an interrupt or a dead worker)."
+
+
+def _cell_id(nodeid: str) -> str:
+    return nodeid.split("::", 1)[1]
+
+
+def _ids_on_disk(results: Path) -> set[str]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a torn line is a missing record, reported as lost
+        try:
+            return {record.id for record in read_records(results)}
+        except HarnessError:
+            return set()
+
+
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def strip_control(text: str) -> str:
+    """`text` without ANSI escapes and control characters (newlines and tabs stay)."""
+    return _CONTROL.sub("", text)
+
+
+def terminal_text(text: str, *, lines: int = 6, width: int = 300) -> str:
+    """At most `lines` lines of at most `width` characters, control characters removed, for the terminal."""
+    kept = [line if len(line) <= width else line[: width - 1] + "…" for line in strip_control(text).splitlines()]
+    if len(kept) > lines:
+        kept = [*kept[: lines - 1], f"... ({len(kept) - lines + 1} more lines in the report)"]
+    return "\n".join(kept)
 
 
 def _uses_xdist(config: pytest.Config) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,6 +14,7 @@ from harness.cells import Record
 from harness.errors import HarnessError
 
 RESULTS_NAME = "results.jsonl"
+LOCK_NAME = ".harness.lock"
 
 
 def append_record(path: Path, record: Record) -> None:
@@ -47,7 +49,7 @@ def read_records(path: Path) -> list[Record]:
     has no finished record, and `--resume` runs it again.
     """
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except FileNotFoundError as exc:
         raise HarnessError(
             f"No results file at {path}. Run `python -m harness run` first, or pass the right path."
@@ -55,16 +57,63 @@ def read_records(path: Path) -> list[Record]:
     except OSError as exc:
         raise HarnessError(f"Cannot read results file {path}: {exc.strerror}.") from exc
     latest: dict[str, Record] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for number, raw in enumerate(data.splitlines(), start=1):
+        if not raw.strip():
             continue
         try:
-            record = Record.from_dict(json.loads(line))
-        except (ValueError, TypeError, KeyError) as exc:
+            parsed = json.loads(raw.decode("utf-8"))
+            if not isinstance(parsed, dict):
+                raise TypeError(f"a JSON {type(parsed).__name__}, not an object")
+            record = Record.from_dict(parsed)
+        except (ValueError, TypeError, KeyError) as exc:  # UnicodeDecodeError is a ValueError
             warnings.warn(f"{path}:{number}: skipped a line that is not a whole record ({exc}).", stacklevel=2)
             continue
         latest[record.id] = record
     return list(latest.values())
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut a last line that a killed run left unfinished, so the next append starts a line; bytes cut."""
+    try:
+        with open(path, "rb+") as handle:
+            data = handle.read()
+            if not data or data.endswith(b"\n"):
+                return 0
+            keep = data.rfind(b"\n") + 1
+            handle.truncate(keep)
+            return len(data) - keep
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise HarnessError(f"Cannot repair the results file {path}: {exc.strerror}.") from exc
+
+
+def lock_out_dir(out_dir: Path) -> int:
+    """Hold `DIR/.harness.lock` for this run (an open descriptor; closing it releases the lock).
+
+    Two runs writing one results file would unlink and interleave each other's records, so the second
+    is refused with a sentence naming the first.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HarnessError(f"--out {out_dir} is a file; name a directory for the results and reports.")
+    lock = out_dir / LOCK_NAME
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise HarnessError(f"Cannot write to {out_dir}: {exc.strerror}. Choose a writable --out directory.") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise HarnessError(
+            f"Another run is writing to {out_dir} ({holder}); wait for it to finish, or give this run another --out."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%H:%M:%S')}".encode(), 0)
+    return fd
 
 
 def finished_ids(path: Path) -> set[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.fields import FieldInfo
 
 from harness.cells import Cell
@@ -35,6 +35,15 @@ class ModelSettings(_Section):
     d_model: int = Field(96, ge=4)
     n_layers: int = Field(2, ge=1)
     n_heads: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelSettings:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}, so no cell could build "
+                f"the model; use e.g. d_model {self.d_model - self.d_model % self.n_heads}."
+            )
+        return self
 
 
 class Tolerance(_Section):
@@ -68,10 +77,13 @@ class _BenchFields(_Section):
     parity_steps: int = Field(3, ge=1)
     tolerances: dict[str, Tolerance] = Field(default_factory=_default_tolerances)
     timeout_s: float = Field(
-        120.0, gt=0, description="time a cell may take for its benchmark, on top of train.timeout_s"
+        120.0,
+        gt=0,
+        description="the benchmark's own deadline (training has train.timeout_s); a benchmark also waits at most "
+        "this long for the machine, uncharged, and without it keeps its cell's outcome and no figure",
     )
     speedup_tolerance: float = Field(
-        0.2, ge=0, description="the gate's `slower`: a fused speed-up this fraction under the baseline's"
+        0.2, ge=0, lt=1, description="the gate's `slower`: a fused speed-up this fraction under the baseline's"
     )
 
 

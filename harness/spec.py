@@ -147,8 +147,45 @@ def check_device(device: str) -> str | None:
     if kind.lower() in DEVICE_TYPES:
         lower = device.replace(kind, kind.lower(), 1)
         return f"device types are lower case: write {quote(lower)}, not {quote(device)}."
+    if kind.lower() in _DEVICE_WORDS:  # a word for a device that torch spells otherwise
+        return (
+            f"unknown device type {quote(kind)}: did you mean {quote(_DEVICE_WORDS[kind.lower()])}? "
+            f"Available: {', '.join(DEVICE_TYPES[:6])} and {len(DEVICE_TYPES) - 6} more."
+        )
     if close_matches(kind, DEVICE_TYPES, cutoff=0.75):  # else a custom backend's device type
         return unknown("device type", kind, DEVICE_TYPES, cutoff=0.75, shown=6)
+    return None
+
+
+_DEVICE_WORDS = {"gpu": "cuda", "nvidia": "cuda", "cuda0": "cuda:0", "rocm": "cuda", "amd": "cuda", "apple": "mps"}
+"""What people call a device, against torch's device type for it (ROCm builds of torch call theirs `cuda`)."""
+_OPTIMIZER_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[\w*?\[\]!.-]+)?")
+_NUMERIC_KWARGS = ("lr", "momentum", "weight_decay", "eps", "dampening", "alpha", "rho", "lr_decay")
+"""Keyword arguments every optimizer takes as a number: a string there would fail every cell at run time."""
+
+
+def _check_optimizer_name(name: str) -> str | None:
+    if _check_name(name) is not None:
+        return _check_name(name)
+    if _OPTIMIZER_NAME.fullmatch(name):
+        return None
+    return (
+        f"{quote(name)} is not an optimizer name: write an import path ('torch.optim.AdamW'), a short torch "
+        "name ('AdamW'), or a family ('torch.optim:*', 'timm:*adam*')."
+    )
+
+
+def check_numeric_kwargs(kwargs: dict[str, Any]) -> str | None:
+    """Why a kwarg that must be a number is not one (a sentence naming the key), or None."""
+    for key in _NUMERIC_KWARGS:
+        value = kwargs.get(key)
+        if key in kwargs and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{quote(key)} must be a number, not {describe(value)}."
+    betas = kwargs.get("betas")
+    if "betas" in kwargs and not (
+        isinstance(betas, (list, tuple)) and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
+    ):
+        return f"'betas' must be a list of numbers such as [0.9, 0.999], not {describe(betas)}."
     return None
 
 
@@ -203,7 +240,7 @@ class _Section(BaseModel):
 
 
 class _OptimizerSpec(_Section):
-    name: Annotated[str, _valid(_check_name)]
+    name: Annotated[str, _valid(_check_optimizer_name)]
     defaults: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -348,6 +385,22 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _check_matrix(matrix: Matrix) -> None:
     _no_duplicates(matrix, "optimizers", [entry.name for entry in matrix.optimizers])
+    for index, optimizer in enumerate(matrix.optimizers):
+        problem = check_numeric_kwargs(optimizer.defaults)
+        if problem:
+            key = next(k for k in (*_NUMERIC_KWARGS, "betas") if k in optimizer.defaults and k in problem)
+            raise MatrixError(
+                f"`optimizers[{index}].defaults`: {problem}",
+                path=matrix.path,
+                line=matrix.line_of("optimizers", index, "defaults", key),
+            )
+    for variant, kwargs in matrix.kwargs.items():
+        problem = check_numeric_kwargs(kwargs)
+        if problem:
+            key = next(k for k in (*_NUMERIC_KWARGS, "betas") if k in kwargs and k in problem)
+            raise MatrixError(
+                f"`kwargs.{variant}`: {problem}", path=matrix.path, line=matrix.line_of("kwargs", variant, key)
+            )
     for axis in ("devices", "dtypes", "builders", "scenarios"):
         _no_duplicates(matrix, axis, list(getattr(matrix, axis)))
     for section in ("exclude", "include"):

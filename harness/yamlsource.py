@@ -20,9 +20,11 @@ KeyPath = tuple[str | int, ...]
 """Where a key or list item sits in the document: `("include", 0, "device")`."""
 
 _PLAIN_TAGS = frozenset(
-    "tag:yaml.org,2002:" + name
-    for name in ("str", "int", "float", "bool", "null", "seq", "map", "merge", "timestamp", "binary", "set", "omap")
+    "tag:yaml.org,2002:" + name for name in ("str", "int", "float", "bool", "null", "seq", "map", "merge")
 )
+"""What JSON can carry to a cell's process: a date, bytes or a set would be lost on the way, so they are refused."""
+MAX_VALUES = 100_000
+"""The most values a document may expand to once its aliases are followed (an alias bomb stops here)."""
 
 
 def read_yaml(path: Path) -> tuple[yaml.Node | None, Any, dict[KeyPath, int]]:
@@ -55,7 +57,14 @@ def parse_yaml(text: str, path: Path) -> tuple[yaml.Node | None, Any]:
         if node is None:
             return None, None
         _refuse_tags(node, path)
+        _bound_aliases(node, path)
         return node, loader.construct_document(node)
+    except RecursionError as exc:
+        raise MatrixError(
+            "the document is nested too deeply to read (hundreds of brackets or indents); "
+            "a matrix file needs a few levels only.",
+            path=path,
+        ) from exc
     except yaml.MarkedYAMLError as exc:
         raise MatrixError(_yaml_problem(exc), path=path, line=_yaml_line(exc)) from exc
     except yaml.YAMLError as exc:
@@ -148,8 +157,55 @@ def _walk(node: yaml.Node) -> Iterator[yaml.Node]:
             stack.extend(reversed(current.value))
 
 
+def _bound_aliases(root: yaml.Node, path: Path) -> None:
+    """Refuse a document whose aliases expand it past `MAX_VALUES` values, or into itself."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if not children_done:
+            if id(node) in visiting:
+                raise MatrixError(
+                    "an alias refers to a node that contains it, so the document never ends; write the values out.",
+                    path=path,
+                    line=node.start_mark.line + 1,
+                )
+            visiting.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+            continue
+        visiting.discard(id(node))
+        sizes[id(node)] = min(1 + sum(sizes[id(child)] for child in children), MAX_VALUES + 1)
+        if sizes[id(node)] > MAX_VALUES:
+            raise MatrixError(
+                f"its aliases (*name) expand the document to more than {MAX_VALUES} values; "
+                "a matrix needs far fewer, so write the values out or use fewer aliases.",
+                path=path,
+                line=node.start_mark.line + 1,
+            )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
 def _refuse_tags(root: yaml.Node, path: Path) -> None:
     for node in _walk(root):
+        if node.tag == "tag:yaml.org,2002:timestamp":
+            raise MatrixError(
+                f"{quote(node.value)} reads as a date in YAML, which no optimizer takes; write a number, "
+                f'or quote it ("{node.value}") if you mean a string.',
+                path=path,
+                line=node.start_mark.line + 1,
+            )
         if node.tag not in _PLAIN_TAGS:
             tag = node.tag.replace("tag:yaml.org,2002:", "!!")
             raise MatrixError(

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.expand import expand_matrix
 from harness.records import read_records
 from harness.spec import load_matrix
+from harness.vocabulary import STEPPED
 
 ROOT = Path(__file__).resolve().parents[1]
 MATRICES = Path(__file__).parent / "resources" / "matrices"
@@ -177,3 +180,145 @@ def test_a_bad_matrix_stops_run_with_a_sentence_and_status_2(tmp_path: Path) -> 
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "cuda" in done.stderr and "matrix.yaml:2" in done.stderr
+
+
+def _records(out: Path) -> dict[str, Any]:
+    return {record.id: record for record in read_records(out / "results.jsonl")}
+
+
+def test_modules_that_exit_hang_crash_raise_or_print_on_import_cost_only_their_cells(tmp_path: Path) -> None:
+    env = {**os.environ, "HARNESS_PROBE_TIMEOUT_S": "8"}
+    matrix = str(MATRICES / "import_faults.yaml")
+    listed = subprocess.run(
+        [sys.executable, "-m", "harness", "list", "--json", matrix], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "run",
+            matrix,
+            "-n",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--baselines",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 6  # stdout stays clean JSON though a module printed on import
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = statuses(tmp_path)
+    assert got["tests.faults.import_exit:*-cpu-float32-plain-direct"] == "crashed"
+    assert got["tests.faults.import_hang:*-cpu-float32-plain-direct"] == "timeout"
+    assert got["tests.faults.import_segfault:*-cpu-float32-plain-direct"] == "crashed"
+    raised = _records(tmp_path)["tests.faults.import_raise:*-cpu-float32-plain-direct"]
+    assert (raised.status, raised.reason, raised.error_type) == ("construct_error", "other", "RuntimeError")
+    assert got["tests.faults.import_print.Chatty-cpu-float32-plain-direct"] in STEPPED
+    assert got["torch.optim.AdamW-cpu-float32-plain-direct"] == "ok"
+
+
+def test_a_hang_beside_benchmarks_and_a_second_run_cost_no_healthy_cell(tmp_path: Path) -> None:
+    matrix = str(MATRICES / "stuck_cell_beside_benchmarks.yaml")
+    first_out, second_out = tmp_path / "first", tmp_path / "second"
+
+    def start(out: Path, *extra: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "harness", "run", matrix, "--out", str(out), "--baselines", str(out), *extra]
+        return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = start(first_out, "-n", "2")
+    deadline = time.monotonic() + 120
+    while not (first_out / ".harness.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    clash = harness("run", matrix, "-n", "0", "--out", str(first_out), "--baselines", str(first_out))
+    second = start(second_out, "-n", "0", "-k", "not Hang")  # another run on the machine, benchmarking meanwhile
+    first_output, second_output = first.communicate(timeout=400), second.communicate(timeout=400)
+
+    assert clash.returncode == 2 and "Another run is writing to" in clash.stderr, clash.stdout + clash.stderr
+    assert first.returncode == 0 and second.returncode == 0, (first_output, second_output)
+    for out, expected in ((first_out, 4), (second_out, 3)):
+        records = _records(out)
+        assert len(records) == expected
+        for record in records.values():
+            if "Hang" in record.id:
+                message = record.error_message or ""
+                assert record.status == "timeout" and "train phase ran past train.timeout_s = 6 s" in message
+                waited = float(re.search(r"\(([\d.]+) s spent waiting", message)[1])  # type: ignore[index]
+                assert record.duration_s - waited < 6 + 10  # its own train.timeout_s; waits are nobody's fault
+            else:
+                assert record.status in STEPPED  # SGD at lr 0 is no_learning, and benchmarked all the same
+                assert record.bench is not None and record.bench.not_measured is None, record.bench
+                assert any(impl.step_ms is not None for impl in record.bench.implementations), record.bench
+
+
+def test_a_dead_worker_loses_its_cell_and_the_gate_fails_naming_it(tmp_path: Path) -> None:
+    done = harness(
+        "run", str(MATRICES / "kill_worker.yaml"), "-n", "2", "--out", str(tmp_path), "--baselines", str(tmp_path)
+    )
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "lost: tests.faults.hostile.KillWorker-cpu-float32-plain-direct" in done.stdout
+    assert "gate: FAILED" in done.stdout and "1 lost" in done.stdout
+    lost = json.loads((tmp_path / "lost.json").read_text())
+    assert [entry["id"] for entry in lost] == ["tests.faults.hostile.KillWorker-cpu-float32-plain-direct"]
+    assert "crashed" in lost[0]["error"]  # xdist's own words for the worker it lost
+    assert statuses(tmp_path) == {"torch.optim.AdamW-cpu-float32-plain-direct": "ok"}
+
+
+def test_steps_that_signal_the_parent_pollute_pipes_or_delete_results_lose_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    matrix = tmp_path / "hostile.yaml"
+    text = (MATRICES / "hostile.yaml").read_text()
+    matrix.write_text(text.replace("RESULTS", str(out / "results.jsonl")))
+    done = harness("run", str(matrix), "-n", "0", "--out", str(out), "--baselines", str(out), "--", "-x")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "were written again" in done.stderr  # DeleteResults removed the records before it
+    got = statuses(out)
+    assert len(got) == 5 and set(got.values()) <= STEPPED
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["run", "-n", "-1"], "-n takes a number of workers"),
+        (["run", "--out", "README.md"], "is a file; name a directory"),
+        (["baseline", "accept", "EMPTY"], "holds no record to accept"),
+        (["list", "--", "-x"], "only `run` passes arguments after `--`"),
+    ],
+)
+def test_run_argument_mistakes_exit_2_with_a_sentence_before_any_cell(
+    tmp_path: Path, args: list[str], words: str
+) -> None:
+    (tmp_path / "results.jsonl").write_text("not json\n")
+    args = [str(tmp_path) if arg == "EMPTY" else arg for arg in args]
+    done = harness(*args[:1], str(MATRICES / "small.yaml"), *args[1:]) if args[0] == "run" else harness(*args)
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert words in done.stderr and "Traceback" not in done.stderr
+
+
+def test_terminal_text_is_capped_and_control_characters_leave_terminal_and_markdown(tmp_path: Path) -> None:
+    from harness.cells import Cell, Record
+    from harness.cli import main
+    from harness.plugin import terminal_text
+    from harness.records import write_records
+
+    shouting = "\x1b[31mred\x1b[0m \x07bell\r\n" + "\n".join(f"line {i}" for i in range(100))
+    capped = terminal_text(shouting)
+    assert "\x1b" not in capped and "\x07" not in capped and "\r" not in capped
+    assert len(capped.splitlines()) == 6 and capped.splitlines()[0] == "red bell"
+
+    cell = Cell("torch.optim.AdamW", "cpu", "float32", "plain", {}, "direct")
+    write_records(tmp_path / "results.jsonl", [Record.for_cell(cell, "step_error", error_message=shouting)])
+    assert main(["report", str(tmp_path), "--baselines", str(tmp_path)]) == 0
+    for name in ("summary.md", "report.html"):
+        assert "\x1b" not in (tmp_path / name).read_text()

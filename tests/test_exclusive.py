@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
@@ -116,3 +117,23 @@ def test_a_waiting_benchmark_goes_before_cells_that_come_after_it(
     late_leaves.set()
     process.join(_DEADLINE_S)
     assert process.exitcode == 0
+
+
+def test_a_benchmark_that_cannot_have_the_machine_gives_up_after_its_bound(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(exclusive.LOCK_DIR_ENV, str(tmp_path))
+    phases: list[str] = []
+    exclusive.set_phase_listener(phases.append)
+    try:
+        with exclusive.shared():  # a hung training cell holds the machine
+            started = time.monotonic()
+            with pytest.raises(exclusive.MachineBusy, match=r"within 0\.2 s"), exclusive.exclusive(bound=0.2):
+                pass
+            waited = time.monotonic() - started
+        with exclusive.exclusive(bound=1):  # once it is free, the next benchmark has it
+            pass
+    finally:
+        exclusive.set_phase_listener(None)
+    assert 0.2 <= waited < 2
+    assert phases == ["wait", "train", "wait", "train", "wait", "bench", "train"]

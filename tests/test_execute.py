@@ -269,14 +269,22 @@ def test_bench_filters_match_partially_on_singular_axis_names():
     assert not Settings(bench={"enabled": False}).bench.selects(cell)
 
 
-def test_bench_runs_only_for_ok_cells_the_filters_choose():
+def test_bench_runs_for_every_cell_whose_steps_ran_that_the_filters_choose():
     tiny = {"d_model": 16, "n_layers": 1, "vocab_size": 64, "seq_len": 8, "warmup": 0, "repeats": 3, "parity_steps": 1}
     settings = Settings(bench={"enabled": True, "cells": [{"kwargs": "plain"}], **tiny}, train={"steps": 5})
     chosen = run_cell(Cell("torch.optim.AdamW", "cpu", "float32", "plain", {"lr": 3e-3}, "direct"), settings)
     other = run_cell(Cell("torch.optim.AdamW", "cpu", "float32", "fast", {"lr": 3e-3}, "direct"), settings)
-    failed = run_cell(Cell("torch.optim.AdamW", "cpu", "float32", "plain", {"lr": 0.0}, "direct"), settings)
+    learned_nothing = run_cell(Cell("torch.optim.AdamW", "cpu", "float32", "plain", {"lr": 0.0}, "direct"), settings)
+    failed = run_cell(Cell("torch.optim.AdamW", "cpu", "float32", "plain", {"lr": -1.0}, "direct"), settings)
     assert chosen.status == "ok" and isinstance(chosen.bench, BenchResult) and chosen.bench.implementations
-    assert other.bench is None and failed.status == "no_learning" and failed.bench is None
+    assert other.bench is None
+    # step speed does not depend on the loss verdict: a cell that learned nothing is timed too
+    assert (
+        learned_nothing.status == "no_learning"
+        and learned_nothing.bench is not None
+        and learned_nothing.bench.step_ms("forloop")
+    )
+    assert failed.status == "construct_error" and failed.bench is None
 
 
 def test_parse_dtype_refuses_non_float_names():

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
 
 from harness.cells import Cell, Record
 from harness.errors import HarnessError
-from harness.records import append_record, finished_ids, read_records, results_path, write_records
+from harness.records import (
+    append_record,
+    finished_ids,
+    lock_out_dir,
+    read_records,
+    repair_torn_tail,
+    results_path,
+    write_records,
+)
 
 
 def record(i: int, status: str = "ok") -> Record:
@@ -66,3 +75,36 @@ def test_write_records_replaces_the_file_and_results_path_accepts_a_dir_or_a_fil
     write_records(results_path(tmp_path), [record(1), record(2)])
     assert [r.id for r in read_records(tmp_path / "results.jsonl")] == [record(1).id, record(2).id]
     assert results_path(tmp_path / "x.jsonl") == tmp_path / "x.jsonl"
+
+
+def test_resume_cuts_a_torn_tail_so_the_next_record_starts_its_own_line(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    whole = Record.for_cell(Cell("torch.optim.AdamW", "cpu", "float32", "plain", {}, "direct"), "ok")
+    path.write_text(whole.to_json() + "\n" + '{"id": "torn", "optim')
+    assert repair_torn_tail(path) == len('{"id": "torn", "optim')
+    append_record(path, whole.replace(status="no_learning"))
+    assert [r.status for r in read_records(path)] == ["no_learning"]
+    assert repair_torn_tail(path) == 0 and repair_torn_tail(tmp_path / "absent.jsonl") == 0
+
+
+def test_lines_that_are_not_utf8_or_not_objects_are_skipped_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    whole = Record.for_cell(Cell("torch.optim.AdamW", "cpu", "float32", "plain", {}, "direct"), "ok")
+    path.write_bytes(b"\xff\xfe garbage\n[1, 2]\n" + whole.to_json().encode() + b"\n")
+    with pytest.warns(UserWarning) as caught:
+        records = read_records(path)
+    assert [r.id for r in records] == [whole.id]
+    assert len(caught) == 2 and "not an object" in str(caught[1].message)
+
+
+def test_a_second_run_into_the_same_directory_is_refused_with_a_sentence(tmp_path: Path) -> None:
+    first = lock_out_dir(tmp_path / "out")
+    try:
+        with pytest.raises(HarnessError, match=r"Another run is writing to .*out \(pid \d+"):
+            lock_out_dir(tmp_path / "out")
+    finally:
+        os.close(first)
+    os.close(lock_out_dir(tmp_path / "out"))  # free again once the first run ends
+    (tmp_path / "file").write_text("")
+    with pytest.raises(HarnessError, match="is a file; name a directory"):
+        lock_out_dir(tmp_path / "file")

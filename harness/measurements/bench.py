@@ -118,7 +118,15 @@ class ImplResult:
 _TIMING_KEYS = ("step_ms", "spread_ms", "bytes_per_step", "achieved_gbs", "bandwidth_fraction")
 _MEMORY_KEYS = ("state_bytes_per_param", "peak_memory_bytes", "step_extra_memory_bytes")
 _PER_IMPL_KEYS = ("implementations", "unavailable", *_TIMING_KEYS, "parity", *_MEMORY_KEYS)
-_STR_KEYS = ("device", "device_name", "dtype", "timer", "device_bandwidth_method", "parity_reference")
+_STR_KEYS = (
+    "device",
+    "device_name",
+    "dtype",
+    "timer",
+    "device_bandwidth_method",
+    "parity_reference",
+    "not_measured",
+)
 _INT_KEYS = ("threads", "params", "warmup", "repeats", "parity_steps")
 _KNOWN_KEYS = frozenset(
     {
@@ -166,6 +174,8 @@ class BenchResult:
     """True when every compared implementation is within tolerance; None when none was compared."""
     parity_breach: tuple[str, ...] = ()
     peak_memory_method: str | None = None
+    not_measured: str | None = None
+    """Why there is no clean figure (the machine could not be had alone within `bench.timeout_s`)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys of the JSON this version does not know, kept as read."""
 
@@ -238,6 +248,7 @@ class BenchResult:
             "peak_memory_bytes": memory("peak_memory_bytes"),
             "step_extra_memory_bytes": memory("step_extra_memory_bytes"),
             "peak_memory_method": self.peak_memory_method,
+            **({"not_measured": self.not_measured} if self.not_measured is not None else {}),
             **self.extra,
         }
 
@@ -289,6 +300,7 @@ class BenchResult:
             parity_ok=parity_ok,
             parity_breach=tuple(breach),
             peak_memory_method=text(data.get("peak_memory_method"), "bench.peak_memory_method"),
+            not_measured=texts["not_measured"],
             extra={key: value for key, value in data.items() if key not in _KNOWN_KEYS},
         )
 

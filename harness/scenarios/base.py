@@ -12,7 +12,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -116,7 +116,7 @@ def take_steps(
         if before_step is not None:
             before_step(index)
         with second_order_context(create_graph):
-            optimizer.step(closure)  # type: ignore[arg-type]  # torch's stub says float; a tensor is usual
+            optimizer.step(cast(Callable[[], float], closure))  # torch's stub says float; a tensor is usual
         if evaluations == 0:
             raise RuntimeError(f"{type(optimizer).__name__}.step(closure) never called the closure.")
         if after_step is not None:

@@ -1,0 +1,6 @@
+"""A module whose import never finishes."""
+
+import time
+
+while True:
+    time.sleep(3600)
