@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +66,9 @@ class CellBisection:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "cell": self.cell,
-            "package": self.package,
-            "from": self.from_,
-            "to": self.to,
-            "outcome_from": self.outcome_from,
-            "outcome_to": self.outcome_to,
-            "last_old": self.last_old,
-            "first_new": self.first_new,
-            "tried": self.tried,
-            "note": self.note,
-        }
+        """The fields as `bisect.json` writes them (`from_` is `from` there)."""
+        fields = asdict(self)
+        return {("from" if key == "from_" else key): value for key, value in fields.items()}
 
 
 @dataclass
@@ -112,29 +103,27 @@ def bisect_cell(
     def outcome(index: int) -> str:
         return probes.at(versions[index], still).get(cell, LOST)
 
-    lo, hi = 0, len(versions) - 1  # outcome(lo) == old, outcome(hi) != old
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if outcome(mid) == old:
-            lo = mid
-        else:
-            hi = mid
-    first = hi
-    if outcome(hi) != new:  # a third outcome sits at the boundary: find where NEW's begins
-        lo2, hi2 = hi, len(versions) - 1  # outcome(hi2) == new
-        while hi2 - lo2 > 1:
-            mid = (lo2 + hi2) // 2
-            if outcome(mid) == new:
-                hi2 = mid
-            else:
-                lo2 = mid
-        first = hi2
+    last_old = _boundary(0, len(versions) - 1, lambda index: outcome(index) != old) - 1
+    first = last_old + 1
+    if outcome(first) != new:  # a third outcome sits at the boundary: find where NEW's begins
+        first = _boundary(first, len(versions) - 1, lambda index: outcome(index) == new)
     tried = {v: probes.seen[v][cell] for v in versions if cell in probes.seen.get(v, {})}
     odd = [f"{v} has {o}" for v, o in tried.items() if o not in (old, new)]
     note = ""
     if odd:
         note = f"not monotone: {'; '.join(odd)} (neither {versions[0]}'s outcome nor {versions[-1]}'s)"
-    return versions[lo], versions[first], note
+    return versions[last_old], versions[first], note
+
+
+def _boundary(lo: int, hi: int, changed: Callable[[int], bool]) -> int:
+    """The first index in (lo, hi] where `changed` holds, given it does not at `lo` and does at `hi`."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if changed(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def bisect(

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
 
@@ -51,42 +51,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+_SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "matrix": (("matrix",), {"nargs": "?", "default": DEFAULT_MATRIX, "help": "matrix file (default: ./matrix.yaml)"}),
+    "results": (
+        ("results",),
+        {"nargs": "?", "default": DEFAULT_OUT, "help": "results.jsonl or its directory (default: reports)"},
+    ),
+    "shard": (("--shard",), {"metavar": "I/N", "help": "only the I-th of N stable shares of the cells"}),
+    "keyword": (("-k",), {"dest": "keyword", "help": "only cells whose id matches this pytest -k expression"}),
+    "baselines": (
+        ("--baselines",),
+        {"default": DEFAULT_OUT, "help": "directory holding baselines/ (default: reports)"},
+    ),
+    "tolerance": (("--tolerance",), {"type": float, "help": "speed-up tolerance of the gate (default 0.2)"}),
+    "screenshot": (("--screenshot",), {"action": "store_true", "help": "also save report.png (needs Chromium)"}),
+}
+"""Options several commands take, each spelt once."""
+
+
+def _shared(parser: argparse.ArgumentParser, *names: str) -> None:
+    for name in names:
+        flags, options = _SHARED_OPTIONS[name]
+        parser.add_argument(*flags, **options)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="print the cells of a matrix, one per line")
-    p.add_argument("matrix", nargs="?", default=DEFAULT_MATRIX, help="matrix file (default: ./matrix.yaml)")
+    _shared(p, "matrix")
     p.add_argument("--json", action="store_true", help="a JSON array of cells instead of ids")
-    p.add_argument("--shard", metavar="I/N", help="only the I-th of N stable shares of the cells")
+    _shared(p, "shard")
     p.set_defaults(command=cmd_list)
 
     p = sub.add_parser("run", help="run the cells (pytest + xdist), write results, reports and the gate verdict")
-    p.add_argument("matrix", nargs="?", default=DEFAULT_MATRIX, help="matrix file (default: ./matrix.yaml)")
+    _shared(p, "matrix")
     p.add_argument("-n", "--workers", default="auto", help="pytest-xdist workers: a number, or auto (default)")
     p.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: reports)")
-    p.add_argument("-k", dest="keyword", help="only cells whose id matches this pytest -k expression")
+    _shared(p, "keyword")
     p.add_argument("--resume", action="store_true", help="keep the results file and run only cells without a record")
-    p.add_argument("--shard", metavar="I/N", help="run only the I-th of N stable shares of the cells")
-    p.add_argument("--baselines", default=DEFAULT_OUT, help="directory holding baselines/ (default: reports)")
-    p.add_argument("--screenshot", action="store_true", help="also save report.png (needs Chromium)")
+    _shared(p, "shard", "baselines", "screenshot")
     p.add_argument("pytest_args", nargs="*", help="more pytest arguments, after --")
     p.add_argument("--env", metavar="NAME", help="run in the matrix's environment NAME (built, cached on demand)")
     p.set_defaults(command=cmd_run)
 
     p = sub.add_parser("report", help="render report.html and summary.md from a results file")
-    p.add_argument("results", nargs="?", default=DEFAULT_OUT, help="results.jsonl or its directory (default: reports)")
     p.add_argument("--out", help="output directory (default: the results file's directory)")
-    p.add_argument("--baselines", default=DEFAULT_OUT, help="directory holding baselines/ (default: reports)")
-    p.add_argument("--tolerance", type=float, default=None, help="speed-up tolerance of the gate (default 0.2)")
-    p.add_argument("--screenshot", action="store_true", help="also save report.png (needs Chromium)")
+    _shared(p, "results", "baselines", "tolerance", "screenshot")
     p.set_defaults(command=cmd_report)
 
     p = sub.add_parser("merge", help="join shard results into one results file and one report")
     p.add_argument("dirs", nargs="+", help="shard output directories (or results.jsonl files)")
     p.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: reports)")
-    p.add_argument("--baselines", default=DEFAULT_OUT, help="directory holding baselines/ (default: reports)")
-    p.add_argument("--tolerance", type=float, default=None, help="speed-up tolerance of the gate (default 0.2)")
+    _shared(p, "baselines", "tolerance")
     p.set_defaults(command=cmd_merge)
 
     p = sub.add_parser("compare", help="one report with several runs' environments side by side")
@@ -95,17 +113,17 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(command=cmd_compare)
 
     p = sub.add_parser("environments", help="list the matrix's named environments, or build them (--build)")
-    p.add_argument("matrix", nargs="?", default=DEFAULT_MATRIX, help="matrix file (default: ./matrix.yaml)")
+    _shared(p, "matrix")
     p.add_argument("--build", action="store_true", help="build (or find in the cache) every environment listed")
     p.add_argument("--names", action="store_true", help="only the names, one per line (for scripts)")
     p.set_defaults(command=cmd_environments)
 
     p = sub.add_parser("bisect", help="find the release of a package that changed cells' outcomes")
-    p.add_argument("matrix", nargs="?", default=DEFAULT_MATRIX, help="matrix file (default: ./matrix.yaml)")
+    _shared(p, "matrix")
     p.add_argument("--package", required=True, help="the package whose releases are searched, e.g. bitsandbytes")
     p.add_argument("--from", dest="old", required=True, metavar="OLD", help="the release with the old outcome")
     p.add_argument("--to", dest="new", required=True, metavar="NEW", help="the release with the new outcome")
-    p.add_argument("-k", dest="keyword", help="only cells whose id matches this pytest -k expression")
+    _shared(p, "keyword")
     p.add_argument("--out", default="reports/bisect", help="output directory (default: reports/bisect)")
     p.add_argument("-n", "--workers", default="0", help="pytest-xdist workers per probe (default 0: none)")
     p.add_argument("--env", metavar="NAME", help="probe over the pins of the matrix's environment NAME")
@@ -118,8 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baseline", help="manage the accepted outcome of every cell")
     bsub = p.add_subparsers(required=True, metavar="ACTION")
     b = bsub.add_parser("accept", help="accept a run's results as the baseline of its environment")
-    b.add_argument("results", nargs="?", default=DEFAULT_OUT, help="results.jsonl or its directory (default: reports)")
-    b.add_argument("--baselines", default=DEFAULT_OUT, help="directory holding baselines/ (default: reports)")
+    _shared(b, "results", "baselines")
     b.set_defaults(command=cmd_baseline_accept)
     return parser
 

@@ -29,11 +29,11 @@ from harness.memory import device_name, state_bytes
 from harness.quiet import import_messages
 from harness.resolve import MissingDependency, ResolvedOptimizer, optimizer_package_versions, resolve_optimizer
 from harness.scenarios import Context, Scenario, get_scenario
-from harness.scenarios.base import judge_loss, take_steps
+from harness.scenarios.base import judge_loss
 from harness.settings import Settings
 from harness.vocabulary import STEPPED
 
-__all__ = ["construct", "judge_loss", "prepare", "run_cell", "train", "train_and_judge"]
+__all__ = ["construct", "judge_loss", "prepare", "run_cell", "train_and_judge"]
 
 
 @dataclass(frozen=True)
@@ -195,18 +195,6 @@ def train_and_judge(prepared: Prepared, constructed: tuple[Built, float], finish
         state_bytes_per_param=state / prepared.num_params if prepared.num_params else None,
         peak_memory_bytes=peak,
     )
-
-
-def train(
-    model: GPT,
-    optimizer: torch.optim.Optimizer,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    steps: int,
-    losses: list[float],
-) -> float:
-    """The plain loop (`harness.scenarios.base.take_steps`): `steps` steps on one batch; the loss after."""
-    return take_steps(model, optimizer, inputs, targets, steps, losses)
 
 
 def _finite_numbers(value: Any) -> Any:

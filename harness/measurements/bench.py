@@ -153,22 +153,26 @@ class BenchResult:
 
     device: str | None = None
     device_name: str | None = None
+    """What the device reports itself as (`torch.cuda.get_device_name`, or the CPU's model)."""
     dtype: str | None = None
+    implementations: tuple[ImplResult, ...] = ()
+    speedup: Mapping[str, float | None] = field(default_factory=dict)
+    """`fast/slow` keys (`SPEEDUP_KEYS`): the slow implementation's median over the fast one's."""
     timer: str | None = None
     """`cuda_event` or `perf_counter`."""
     threads: int | None = None
     """CPU threads the steps ran on (None on an accelerator)."""
     params: int | None = None
+    """Parameters of the benchmark GPT (its shapes are `model`)."""
     model: Mapping[str, int] | None = None
     warmup: int | None = None
     repeats: int | None = None
-    implementations: tuple[ImplResult, ...] = ()
-    speedup: Mapping[str, float | None] = field(default_factory=dict)
-    """`fast/slow` keys (`SPEEDUP_KEYS`): the slow implementation's median over the fast one's."""
     device_bandwidth_gbs: float | None = None
+    """The copy bandwidth measured in the same run, which `bandwidth_fraction` is a share of."""
     device_bandwidth_method: str | None = None
     parity_tolerance: ParityTolerance | None = None
     parity_reference: str | None = None
+    """The implementation the others are compared against (the for-loop one)."""
     parity_steps: int | None = None
     parity_ok: bool | None = None
     """True when every compared implementation is within tolerance; None when none was compared."""

@@ -26,13 +26,14 @@ from harness.scenarios.base import (
     conclude,
     final_loss,
     fmt,
-    identical,
     judge_loss,
-    moved_by,
     second_order_context,
-    snapshot,
     take_steps,
 )
+from harness.scenarios.params import identical, moved_by, snapshot
+
+INVARIANT = "under autocast + GradScaler an inf-gradient step changes nothing, the scale drops, training learns"
+"""What the scenario checks, in the words its judgements use."""
 
 INIT_SCALE = 2.0**10
 """Low enough that a 233k-parameter GPT's float16 gradients do not overflow: the only skipped step is ours."""
@@ -146,8 +147,4 @@ def run(ctx: Context) -> Outcome:
     return conclude(ctx, ctx.losses, last, ctx.model, broken, held, numbers)
 
 
-SCENARIO = Scenario(
-    name="amp",
-    invariant="under autocast + GradScaler an inf-gradient step changes nothing, the scale drops, training learns",
-    run=run,
-)
+SCENARIO = Scenario("amp", INVARIANT, run)

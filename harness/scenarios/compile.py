@@ -11,7 +11,11 @@ import math
 import time
 from typing import Any
 
-from harness.scenarios.base import Context, Outcome, Scenario, conclude, final_loss, moved_by, take_steps
+from harness.scenarios.base import Context, Outcome, Scenario, conclude, final_loss, take_steps
+from harness.scenarios.params import moved_by
+
+INVARIANT = "as train, with optimizer.step() under torch.compile; compile time recorded apart"
+"""What the scenario checks, in the words its judgements use."""
 
 
 def run(ctx: Context) -> Outcome:
@@ -48,8 +52,4 @@ def run(ctx: Context) -> Outcome:
     return conclude(ctx, ctx.losses, last, ctx.model, [], held, numbers, steps_s=steps_s)
 
 
-SCENARIO = Scenario(
-    name="compile",
-    invariant="as train, with optimizer.step() under torch.compile; compile time recorded apart",
-    run=run,
-)
+SCENARIO = Scenario("compile", INVARIANT, run)

@@ -17,18 +17,11 @@ from typing import Any
 import torch
 
 from harness.gpt import GPT
-from harness.scenarios.base import (
-    Context,
-    Outcome,
-    Scenario,
-    conclude,
-    fmt,
-    identical,
-    learning_rate,
-    moved_by,
-    snapshot,
-    take_steps,
-)
+from harness.scenarios.base import Context, Outcome, Scenario, conclude, fmt, learning_rate, take_steps
+from harness.scenarios.params import identical, moved_by, snapshot
+
+INVARIANT = "the lr-0 group stays bit-identical; each group's step uses its own lr and weight_decay"
+"""What the scenario checks, in the words its judgements use."""
 
 DECAY = 0.1
 """The weight decay of the `decay` group (LitGPT's and nanoGPT's default)."""
@@ -127,9 +120,4 @@ def run(ctx: Context) -> Outcome:
     return conclude(ctx, ctx.losses, last, ctx.model, broken, held, numbers)
 
 
-SCENARIO = Scenario(
-    name="groups",
-    invariant="the lr-0 group stays bit-identical; each group's step uses its own lr and weight_decay",
-    run=run,
-    params=param_groups,
-)
+SCENARIO = Scenario("groups", INVARIANT, run, params=param_groups)

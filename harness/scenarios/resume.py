@@ -21,7 +21,11 @@ from typing import Any
 import torch
 
 from harness.gpt import GPT
-from harness.scenarios.base import Context, Outcome, Scenario, conclude, fmt, moved_by, snapshot, take_steps
+from harness.scenarios.base import Context, Outcome, Scenario, conclude, fmt, take_steps
+from harness.scenarios.params import moved_by, snapshot
+
+INVARIANT = "save, weights_only load and resume match the uninterrupted run within a per-dtype tolerance"
+"""What the scenario checks, in the words its judgements use."""
 
 TOLERANCE = {
     torch.float64: 1e-12,
@@ -160,8 +164,4 @@ def run(ctx: Context) -> Outcome:
     return conclude(ctx, ctx.losses, last, ctx.model, broken, held, numbers)
 
 
-SCENARIO = Scenario(
-    name="resume",
-    invariant="save, weights_only load and resume match the uninterrupted run within a per-dtype tolerance",
-    run=run,
-)
+SCENARIO = Scenario("resume", INVARIANT, run)

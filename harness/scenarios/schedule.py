@@ -15,18 +15,11 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, SequentialLR
 
-from harness.scenarios.base import (
-    Context,
-    Outcome,
-    Scenario,
-    conclude,
-    fmt,
-    identical,
-    learning_rate,
-    moved_by,
-    snapshot,
-    take_steps,
-)
+from harness.scenarios.base import Context, Outcome, Scenario, conclude, fmt, learning_rate, take_steps
+from harness.scenarios.params import identical, moved_by, snapshot
+
+INVARIANT = "with warm-up + cosine through lr 0, the lr-0 steps change nothing and each step's lr is the schedule's"
+"""What the scenario checks, in the words its judgements use."""
 
 
 def warmup_steps(steps: int) -> int:
@@ -104,8 +97,4 @@ def run(ctx: Context) -> Outcome:
     return conclude(ctx, ctx.losses, last, ctx.model, broken, held, numbers)
 
 
-SCENARIO = Scenario(
-    name="schedule",
-    invariant="with warm-up + cosine through lr 0, the lr-0 steps change nothing and each step's lr is the schedule's",
-    run=run,
-)
+SCENARIO = Scenario("schedule", INVARIANT, run)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from harness.scenarios.base import Context, Outcome, Scenario, conclude, take_steps
 
+INVARIANT = "the loss falls by train.min_rel_drop over train.steps steps, and stays finite"
+"""What the scenario checks, in the words its judgements use."""
+
 
 def run(ctx: Context) -> Outcome:
     last = take_steps(ctx.model, ctx.optimizer, ctx.inputs, ctx.targets, ctx.steps, ctx.losses)
     return conclude(ctx, ctx.losses, last, ctx.model, [], "", {})
 
 
-SCENARIO = Scenario(
-    name="train",
-    invariant="the loss falls by train.min_rel_drop over train.steps steps, and stays finite",
-    run=run,
-)
+SCENARIO = Scenario("train", INVARIANT, run)
