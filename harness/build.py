@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
+from harness.checks import check_builder
 from harness.classify import classify_error
 from harness.errors import HarnessError
 from harness.resolve import MissingDependency, ResolvedOptimizer, pip_name, resolve_optimizer
-from harness.spec import check_builder
 from harness.vocabulary import ACCELERATION_HINTS
 from harness.wording import quote, unknown
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+from harness.pipeline import matrix_cells, render_and_gate, run_matrix
 
 if TYPE_CHECKING:
-    from harness.cells import Cell, Record
+    from harness.cells import Record
     from harness.spec import Matrix
 
 DEFAULT_MATRIX = "matrix.yaml"
@@ -144,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_list(args: argparse.Namespace) -> int:
     from harness.spec import load_matrix
 
-    cells = _cells_of(load_matrix(args.matrix), args.shard, None)
+    cells = matrix_cells(load_matrix(args.matrix), args.shard, None)
     if args.json:
         print(json.dumps([cell.to_dict() for cell in cells], indent=2))
     else:
@@ -160,77 +161,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     workers = _workers(args.workers)
     matrix = load_matrix(args.matrix)
     if getattr(args, "env", None):
-        _cells_of(matrix, args.shard, None)  # a bad matrix or shard fails here, before any environment is built
+        matrix_cells(matrix, args.shard, None)  # a bad matrix or shard fails here, before any environment is built
         return _run_in_environment(matrix, args)
     out = Path(args.out)
     lock = lock_out_dir(out)  # a second run into the same --out is refused here, with a sentence
     try:
-        return _run_locked(args, matrix, out, workers)
+        return run_matrix(
+            args.matrix,
+            matrix,
+            out,
+            workers,
+            keyword=args.keyword,
+            resume=args.resume,
+            shard=args.shard,
+            baselines=Path(args.baselines),
+            screenshot=args.screenshot,
+            pytest_args=args.pytest_args,
+        )
     finally:
         os.close(lock)
-
-
-def _run_locked(args: argparse.Namespace, matrix: Matrix, out: Path, workers: str) -> int:
-    import pytest
-
-    from harness.plugin import LOST_NAME, OUT_LOCK_ENV
-    from harness.probe import CACHE_ENV
-    from harness.records import results_path
-
-    cache = out / ".expansion.json"
-    cache.unlink(missing_ok=True)
-    _cells_of(matrix, args.shard, cache)  # a bad matrix or shard fails here, cleanly, before pytest starts
-    (out / LOST_NAME).unlink(missing_ok=True)
-    pytest_args = [
-        str(args.matrix),
-        "-p",
-        "harness.plugin",
-        "-q",
-        "--no-header",
-        "-rfE",
-        "-W",
-        "ignore::pytest.PytestAssertRewriteWarning",
-        f"--matrix-out={out}",
-        f"--matrix-baselines={args.baselines}",
-        f"--junitxml={out / 'junit.xml'}",
-        "-o",
-        "junit_family=xunit2",
-    ]
-    if workers != "0":
-        pytest_args += ["-n", workers]
-    else:
-        pytest_args += ["-p", "no:xdist"]
-    if args.keyword:
-        pytest_args += ["-k", args.keyword]
-    if args.resume:
-        pytest_args.append("--matrix-resume")
-    if args.shard:
-        pytest_args.append(f"--matrix-shard={args.shard}")
-    pytest_args += list(args.pytest_args)
-    env = {OUT_LOCK_ENV: str(out.resolve()), CACHE_ENV: str(cache.resolve())}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        code = pytest.main(pytest_args)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    lost = _read_lost(out / LOST_NAME)
-    if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED):
-        _print_lost(lost)
-        raise HarnessError(
-            f"pytest stopped with exit status {int(code)} before the matrix finished; see its output above."
-            + (f" {len(lost)} selected cells have no record; rerun with --resume." if lost else "")
-        )
-    results = results_path(out)
-    if not results.exists() and not lost:
-        print("No cell ran (none selected); nothing to report.")
-        return 0
-    tolerance = matrix.settings.bench.speedup_tolerance
-    return _render(results, out, Path(args.baselines), tolerance, args.screenshot, lost=lost)
 
 
 def _workers(value: str) -> str:
@@ -241,32 +190,12 @@ def _workers(value: str) -> str:
     raise HarnessError(f"-n takes a number of workers (0 or more), `auto` or `logical`, not {value!r}.")
 
 
-def _read_lost(path: Path) -> dict[str, str]:
-    """The cells the run selected but left without a record (written by the plugin's ledger)."""
-    if not path.exists():
-        return {}
-    try:
-        return {entry["id"]: entry["error"] for entry in json.loads(path.read_text())}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise HarnessError(f"Cannot read {path}, the run's list of lost cells: {exc}.") from exc
-
-
-def _print_lost(lost: dict[str, str]) -> None:
-    from harness.plugin import strip_control
-    from harness.wording import first_line
-
-    for cell_id, error in list(lost.items())[:20]:
-        print(f"lost: {cell_id}: {first_line(strip_control(error))}")
-    if len(lost) > 20:
-        print(f"lost: ... and {len(lost) - 20} more cells (see lost.json)")
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.records import results_path
 
     results = results_path(args.results)
     out = Path(args.out) if args.out else results.parent
-    return _render(results, out, Path(args.baselines), _tolerance(args.tolerance), args.screenshot)
+    return render_and_gate(results, out, Path(args.baselines), _tolerance(args.tolerance), args.screenshot)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -276,7 +205,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write_records(results_path(out), merged.values())
     print(f"merged {len(merged)} records from {len(args.dirs)} results files into {results_path(out)}")
-    return _render(results_path(out), out, Path(args.baselines), _tolerance(args.tolerance), False)
+    return render_and_gate(results_path(out), out, Path(args.baselines), _tolerance(args.tolerance), False)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -360,55 +289,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
         return 1 if problem else 0
     sys.stdout.write(schema_text())
     return 0
-
-
-def _render(
-    results: Path, out: Path, baselines: Path, tolerance: float, screenshot: bool, *, lost: dict[str, str] | None = None
-) -> int:
-    from harness.baseline import load_baselines
-    from harness.records import read_records
-    from harness.report import write_reports
-    from harness.verdict import count_verdicts, gate_failed, judge
-
-    lost = lost or {}
-    records = [_printable(record) for record in read_records(results)] if results.exists() else []
-    verdicts = judge(records, load_baselines(records, baselines), speedup_tolerance=tolerance)
-    paths = write_reports(records, verdicts, out, title="Optimizer compatibility matrix")
-    for name, path in paths.items():
-        print(f"wrote {name}: {path}")
-    if screenshot:
-        from harness.screenshot import take_screenshot
-
-        html = paths["report.html"] if "report.html" in paths else out / "report.html"
-        why = take_screenshot(Path(html), Path(html).with_suffix(".png"))
-        print(f"no screenshot: {why}" if why else f"wrote screenshot: {Path(html).with_suffix('.png')}")
-    counts = count_verdicts(verdicts)
-    if lost:
-        counts["lost"] = len(lost)
-        _print_lost(lost)
-    summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
-    if gate_failed(verdicts) or lost:
-        print(f"gate: FAILED ({summary})")
-        return 1
-    print(f"gate: passed ({summary})")
-    return 0
-
-
-def _printable(record: Record) -> Record:
-    """The record with ANSI escapes and control characters taken out of its texts (for terminal and Markdown)."""
-    from harness.plugin import strip_control
-
-    texts = ("error_message", "error_type", "judgement", "traceback")
-    return record.replace(**{name: strip_control(v) for name in texts if isinstance(v := getattr(record, name), str)})
-
-
-def _cells_of(matrix: Matrix, shard: str | None, cache: Path | None) -> list[Cell]:
-    """The matrix's cells, its families expanded in a child process (never importing a module here)."""
-    from harness.expand import expand_matrix, parse_shard, shard_cells
-    from harness.probe import cached_expander, optimizer_names
-
-    cells = expand_matrix(matrix, expand_optimizer=cached_expander(optimizer_names(matrix), cache))
-    return shard_cells(cells, *parse_shard(shard)) if shard else cells
 
 
 def _tolerance(value: float | None) -> float:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.cells import AXES, Cell, check_scenario
+from harness.checks import check_builder, check_device, check_dtype
 from harness.errors import HarnessError, MatrixError
-from harness.spec import Matrix, OptimizerEntry, check_builder, check_device, check_dtype
+from harness.spec import Matrix, OptimizerEntry
 from harness.wording import quote, unknown
 
 Expander = Callable[[str], list[str]]

@@ -28,7 +28,8 @@ _SECTIONS_THAT_MAY_BE_EMPTY = ("train", "model", "bench", "exclude", "include")
 def matrix_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a matrix file, from `harness.spec`'s models plus what they check by code."""
     # The patterns are the loader's own, so the schema and the loader agree on what a name may be.
-    from harness.spec import _BUILDER_FUNCTION, _DEVICE, _VARIANT_NAME, _MatrixSpec
+    from harness.checks import BUILDER_FUNCTION, DEVICE, VARIANT_NAME
+    from harness.spec import _MatrixSpec
     from harness.vocabulary import BUILDERS, DTYPES
 
     schema = _MatrixSpec.model_json_schema(mode="validation")
@@ -41,7 +42,7 @@ def matrix_schema() -> dict[str, Any]:
         "each a name or {name, defaults}"
     )
     properties["devices"]["items"].update(
-        pattern=_anchored(_DEVICE.pattern), examples=["cpu", "cuda", "cuda:1", "mps"], description="a torch device"
+        pattern=_anchored(DEVICE.pattern), examples=["cpu", "cuda", "cuda:1", "mps"], description="a torch device"
     )
     properties["devices"]["description"] = "an absent device gives `skipped`, never a failure"
     properties["dtypes"]["items"] = {"enum": list(DTYPES)}
@@ -49,11 +50,11 @@ def matrix_schema() -> dict[str, Any]:
     properties["builders"]["items"] = {
         "anyOf": [
             {"enum": list(BUILDERS)},
-            {"type": "string", "pattern": _anchored(_BUILDER_FUNCTION.pattern)},
+            {"type": "string", "pattern": _anchored(BUILDER_FUNCTION.pattern)},
         ],
         "description": "direct, signature, safe, or a framework's function written as 'package.module:function'",
     }
-    properties["kwargs"]["propertyNames"] = {"pattern": _anchored(_VARIANT_NAME.pattern)}
+    properties["kwargs"]["propertyNames"] = {"pattern": _anchored(VARIANT_NAME.pattern)}
     properties["kwargs"]["description"] = "named variants of keyword arguments, applied on top of each entry's defaults"
     properties["exclude"]["items"]["propertyNames"] = {"enum": list(AXES)}
     properties["exclude"]["description"] = "GitHub Actions strategy.matrix semantics: partial match on axes"

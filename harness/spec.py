@@ -7,7 +7,6 @@ here check each section, `_sentence` turns pydantic's errors into the user's sen
 
 from __future__ import annotations
 
-import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,21 +26,19 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from harness.cells import AXES, check_scenario
+from harness.checks import (
+    NUMERIC_KWARGS,
+    check_builder,
+    check_device_entry,
+    check_dtype,
+    check_numeric_kwargs,
+    check_optimizer_name,
+    check_variant_name,
+)
 from harness.errors import MatrixError
 from harness.settings import BenchSettings, ModelSettings, Settings, TrainSettings
-from harness.vocabulary import BUILDERS, DTYPES
 from harness.wording import close_matches, describe, dotted, quote, unknown
 from harness.yamlsource import KeyPath, line_of, read_yaml
-
-DEVICE_TYPES = (
-    "cpu", "cuda", "mps", "xpu", "meta", "hip", "xla", "lazy", "hpu", "mtia", "ipu", "maia", "ve",
-    "fpga", "mkldnn", "opengl", "opencl", "ideep", "vulkan", "metal", "privateuseone",
-)  # fmt: skip
-"""torch's built-in device types; a device of another type is accepted (a custom backend) unless it looks misspelt."""
-
-_VARIANT_NAME = re.compile(r"[A-Za-z0-9_.+]+")
-_BUILDER_FUNCTION = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
-_DEVICE = re.compile(r"(?P<type>[^:\s]+)(:(?P<index>\d+))?")
 
 
 @dataclass(frozen=True)
@@ -133,74 +130,6 @@ def matrix_from_data(
     return matrix
 
 
-def check_device(device: str) -> str | None:
-    """Why `device` cannot be a torch device (a sentence), or None when it can."""
-    match = _DEVICE.fullmatch(device)
-    if match is None:
-        return (
-            f"{quote(device)} is not a device; write a device type with an optional index, "
-            "e.g. 'cpu', 'cuda' or 'cuda:1'."
-        )
-    kind = match["type"]
-    if kind in DEVICE_TYPES:
-        return None
-    if kind.lower() in DEVICE_TYPES:
-        lower = device.replace(kind, kind.lower(), 1)
-        return f"device types are lower case: write {quote(lower)}, not {quote(device)}."
-    if kind.lower() in _DEVICE_WORDS:  # a word for a device that torch spells otherwise
-        return (
-            f"unknown device type {quote(kind)}: did you mean {quote(_DEVICE_WORDS[kind.lower()])}? "
-            f"Available: {', '.join(DEVICE_TYPES[:6])} and {len(DEVICE_TYPES) - 6} more."
-        )
-    if close_matches(kind, DEVICE_TYPES, cutoff=0.75):  # else a custom backend's device type
-        return unknown("device type", kind, DEVICE_TYPES, cutoff=0.75, shown=6)
-    return None
-
-
-_DEVICE_WORDS = {"gpu": "cuda", "nvidia": "cuda", "cuda0": "cuda:0", "rocm": "cuda", "amd": "cuda", "apple": "mps"}
-"""What people call a device, against torch's device type for it (ROCm builds of torch call theirs `cuda`)."""
-_OPTIMIZER_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(:[\w*?\[\]!.-]+)?")
-_NUMERIC_KWARGS = ("lr", "momentum", "weight_decay", "eps", "dampening", "alpha", "rho", "lr_decay")
-"""Keyword arguments every optimizer takes as a number: a string there would fail every cell at run time."""
-
-
-def _check_optimizer_name(name: str) -> str | None:
-    if _check_name(name) is not None:
-        return _check_name(name)
-    if _OPTIMIZER_NAME.fullmatch(name):
-        return None
-    return (
-        f"{quote(name)} is not an optimizer name: write an import path ('torch.optim.AdamW'), a short torch "
-        "name ('AdamW'), or a family ('torch.optim:*', 'timm:*adam*')."
-    )
-
-
-def check_numeric_kwargs(kwargs: dict[str, Any]) -> str | None:
-    """Why a kwarg that must be a number is not one (a sentence naming the key), or None."""
-    for key in _NUMERIC_KWARGS:
-        value = kwargs.get(key)
-        if key in kwargs and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            return f"{quote(key)} must be a number, not {describe(value)}."
-    betas = kwargs.get("betas")
-    if "betas" in kwargs and not (
-        isinstance(betas, (list, tuple)) and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
-    ):
-        return f"'betas' must be a list of numbers such as [0.9, 0.999], not {describe(betas)}."
-    return None
-
-
-def check_builder(builder: str) -> str | None:
-    """Why `builder` is not a builder name (a sentence), or None when its form is right."""
-    if builder in BUILDERS or _BUILDER_FUNCTION.fullmatch(builder):
-        return None
-    return unknown("builder", builder, BUILDERS, also=", or a function written as 'package.module:function'")
-
-
-def check_dtype(dtype: str) -> str | None:
-    """Why `dtype` is not a dtype the matrix runs (a sentence), or None when it is one."""
-    return None if dtype in DTYPES else unknown("dtype", dtype, DTYPES)
-
-
 # --- the schema ------------------------------------------------------------------------------------
 
 
@@ -216,31 +145,12 @@ def _valid(check: Callable[[str], str | None]) -> AfterValidator:
     return AfterValidator(validate)
 
 
-def _check_variant_name(name: str) -> str | None:
-    if _VARIANT_NAME.fullmatch(name):
-        return None
-    return (
-        f"the variant name {quote(name)} may hold only letters, digits, '_', '.' and '+', so cell ids stay usable "
-        f"with `pytest -k`; e.g. '{re.sub(r'[^A-Za-z0-9_.+]+', '_', name) or 'plain'}'."
-    )
-
-
-def _check_name(name: str) -> str | None:
-    if name and not any(ch.isspace() for ch in name):
-        return None
-    return f"{quote(name)} is not a name: write it without spaces, e.g. 'torch.optim.AdamW' or 'cpu'."
-
-
-def _check_device_entry(device: str) -> str | None:
-    return _check_name(device) or check_device(device)
-
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class _OptimizerSpec(_Section):
-    name: Annotated[str, _valid(_check_optimizer_name)]
+    name: Annotated[str, _valid(check_optimizer_name)]
     defaults: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -263,9 +173,9 @@ class _OptimizerSpec(_Section):
 
 class _MatrixSpec(_Section):
     optimizers: list[_OptimizerSpec] = Field(min_length=1)
-    devices: list[Annotated[str, _valid(_check_device_entry)]] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    devices: list[Annotated[str, _valid(check_device_entry)]] = Field(default_factory=lambda: ["cpu"], min_length=1)
     dtypes: list[Annotated[str, _valid(check_dtype)]] = Field(default_factory=lambda: ["float32"], min_length=1)
-    kwargs: dict[Annotated[str, _valid(_check_variant_name)], dict[str, Any]] = Field(
+    kwargs: dict[Annotated[str, _valid(check_variant_name)], dict[str, Any]] = Field(
         default_factory=lambda: {"plain": dict[str, Any]()}, min_length=1
     )
     builders: list[Annotated[str, _valid(check_builder)]] = Field(default_factory=lambda: ["direct"], min_length=1)
@@ -388,7 +298,7 @@ def _check_matrix(matrix: Matrix) -> None:
     for index, optimizer in enumerate(matrix.optimizers):
         problem = check_numeric_kwargs(optimizer.defaults)
         if problem:
-            key = next(k for k in (*_NUMERIC_KWARGS, "betas") if k in optimizer.defaults and k in problem)
+            key = next(k for k in (*NUMERIC_KWARGS, "betas") if k in optimizer.defaults and k in problem)
             raise MatrixError(
                 f"`optimizers[{index}].defaults`: {problem}",
                 path=matrix.path,
@@ -397,7 +307,7 @@ def _check_matrix(matrix: Matrix) -> None:
     for variant, kwargs in matrix.kwargs.items():
         problem = check_numeric_kwargs(kwargs)
         if problem:
-            key = next(k for k in (*_NUMERIC_KWARGS, "betas") if k in kwargs and k in problem)
+            key = next(k for k in (*NUMERIC_KWARGS, "betas") if k in kwargs and k in problem)
             raise MatrixError(
                 f"`kwargs.{variant}`: {problem}", path=matrix.path, line=matrix.line_of("kwargs", variant, key)
             )

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.checks import check_device
 from harness.errors import MatrixError
 from harness.settings import Settings
-from harness.spec import OptimizerEntry, check_device, load_matrix, matrix_from_data
+from harness.spec import OptimizerEntry, load_matrix, matrix_from_data
 from harness.vocabulary import DTYPES
 
 

@@ -1,0 +1,167 @@
+"""One run of a matrix: its cells through pytest (the plugin, xdist), then the reports and the gate's verdict.
+
+`harness.cli` parses the command line and calls these; each returns the exit status the CLI returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.cells import Cell, Record
+    from harness.spec import Matrix
+
+
+def run_matrix(
+    path: str | Path,
+    matrix: Matrix,
+    out: Path,
+    workers: str,
+    *,
+    keyword: str | None = None,
+    resume: bool = False,
+    shard: str | None = None,
+    baselines: Path = Path("reports"),
+    screenshot: bool = False,
+    pytest_args: Sequence[str] = (),
+) -> int:
+    """Run the matrix's cells under pytest (the plugin, xdist), then write the reports; the gate's exit status.
+
+    The caller holds `out`'s lock. A selected cell left without a record is `lost` and fails the gate.
+    """
+    import pytest
+
+    from harness.plugin import LOST_NAME, OUT_LOCK_ENV
+    from harness.probe import CACHE_ENV
+    from harness.records import results_path
+
+    cache = out / ".expansion.json"
+    cache.unlink(missing_ok=True)
+    matrix_cells(matrix, shard, cache)  # a bad matrix or shard fails here, cleanly, before pytest starts
+    (out / LOST_NAME).unlink(missing_ok=True)
+    pytest_args = [
+        str(path),
+        "-p",
+        "harness.plugin",
+        "-q",
+        "--no-header",
+        "-rfE",
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+        f"--matrix-out={out}",
+        f"--matrix-baselines={baselines}",
+        f"--junitxml={out / 'junit.xml'}",
+        "-o",
+        "junit_family=xunit2",
+    ]
+    if workers != "0":
+        pytest_args += ["-n", workers]
+    else:
+        pytest_args += ["-p", "no:xdist"]
+    if keyword:
+        pytest_args += ["-k", keyword]
+    if resume:
+        pytest_args.append("--matrix-resume")
+    if shard:
+        pytest_args.append(f"--matrix-shard={shard}")
+    pytest_args += list(pytest_args)
+    env = {OUT_LOCK_ENV: str(out.resolve()), CACHE_ENV: str(cache.resolve())}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        code = pytest.main(pytest_args)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    lost = read_lost(out / LOST_NAME)
+    if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED):
+        print_lost(lost)
+        raise HarnessError(
+            f"pytest stopped with exit status {int(code)} before the matrix finished; see its output above."
+            + (f" {len(lost)} selected cells have no record; rerun with --resume." if lost else "")
+        )
+    results = results_path(out)
+    if not results.exists() and not lost:
+        print("No cell ran (none selected); nothing to report.")
+        return 0
+    tolerance = matrix.settings.bench.speedup_tolerance
+    return render_and_gate(results, out, baselines, tolerance, screenshot, lost=lost)
+
+
+def read_lost(path: Path) -> dict[str, str]:
+    """The cells the run selected but left without a record (written by the plugin's ledger)."""
+    if not path.exists():
+        return {}
+    try:
+        return {entry["id"]: entry["error"] for entry in json.loads(path.read_text())}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HarnessError(f"Cannot read {path}, the run's list of lost cells: {exc}.") from exc
+
+
+def print_lost(lost: dict[str, str]) -> None:
+    from harness.plugin import strip_control
+    from harness.wording import first_line
+
+    for cell_id, error in list(lost.items())[:20]:
+        print(f"lost: {cell_id}: {first_line(strip_control(error))}")
+    if len(lost) > 20:
+        print(f"lost: ... and {len(lost) - 20} more cells (see lost.json)")
+
+
+def render_and_gate(
+    results: Path, out: Path, baselines: Path, tolerance: float, screenshot: bool, *, lost: dict[str, str] | None = None
+) -> int:
+    """Judge the results against the baselines, write the reports, print the verdict; 1 when the gate fails."""
+    from harness.baseline import load_baselines
+    from harness.records import read_records
+    from harness.report import write_reports
+    from harness.verdict import count_verdicts, gate_failed, judge
+
+    lost = lost or {}
+    records = [printable(record) for record in read_records(results)] if results.exists() else []
+    verdicts = judge(records, load_baselines(records, baselines), speedup_tolerance=tolerance)
+    paths = write_reports(records, verdicts, out, title="Optimizer compatibility matrix")
+    for name, path in paths.items():
+        print(f"wrote {name}: {path}")
+    if screenshot:
+        from harness.screenshot import take_screenshot
+
+        html = paths["report.html"] if "report.html" in paths else out / "report.html"
+        why = take_screenshot(Path(html), Path(html).with_suffix(".png"))
+        print(f"no screenshot: {why}" if why else f"wrote screenshot: {Path(html).with_suffix('.png')}")
+    counts = count_verdicts(verdicts)
+    if lost:
+        counts["lost"] = len(lost)
+        print_lost(lost)
+    summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+    if gate_failed(verdicts) or lost:
+        print(f"gate: FAILED ({summary})")
+        return 1
+    print(f"gate: passed ({summary})")
+    return 0
+
+
+def printable(record: Record) -> Record:
+    """The record with ANSI escapes and control characters taken out of its texts (for terminal and Markdown)."""
+    from harness.plugin import strip_control
+
+    texts = ("error_message", "error_type", "judgement", "traceback")
+    return record.replace(**{name: strip_control(v) for name in texts if isinstance(v := getattr(record, name), str)})
+
+
+def matrix_cells(matrix: Matrix, shard: str | None, cache: Path | None) -> list[Cell]:
+    """The matrix's cells, its families expanded in a child process (never importing a module here)."""
+    from harness.expand import expand_matrix, parse_shard, shard_cells
+    from harness.probe import cached_expander, optimizer_names
+
+    cells = expand_matrix(matrix, expand_optimizer=cached_expander(optimizer_names(matrix), cache))
+    return shard_cells(cells, *parse_shard(shard)) if shard else cells
