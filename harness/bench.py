@@ -93,7 +93,7 @@ def run_bench(resolved: Benchable, cell: Cell, settings: Settings) -> measuremen
     target = _Target(resolved.factory, device, dtype)
 
     with bench_context(device, bench.threads):
-        inputs = _make_inputs(bench, settings.train.seed)
+        inputs = _make_inputs(bench, settings.train.seed, device)
         unavailable: dict[str, str] = {}
         parity_runs: dict[str, _ParityRun] = {}
         for name, impl_kwargs in kwargs.items():
@@ -198,13 +198,14 @@ class _ParityRun:
     step_extra_bytes: int | None
 
 
-def _make_inputs(bench: BenchSettings, seed: int) -> _Inputs:
-    # Built once on CPU in float32 and copied per implementation, so every copy starts bit-identical.
+def _make_inputs(bench: BenchSettings, seed: int, device: torch.device) -> _Inputs:
+    # Built once in float32 and copied per implementation, so every copy starts bit-identical. They are
+    # drawn on the benchmark's device: drawing GPT-2-size tensors on the CPU cost 10-15 s a CUDA benchmark.
     shapes = bench_param_shapes(bench)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
 
     def draw(scale: float) -> list[torch.Tensor]:
-        return [torch.randn(shape, generator=generator) * scale for shape in shapes]
+        return [torch.randn(shape, generator=generator, device=device) * scale for shape in shapes]
 
     return _Inputs(
         params=draw(_PARAM_SCALE),
