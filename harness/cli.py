@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ DEFAULT_OUT = "reports"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -74,6 +76,11 @@ def _shared(parser: argparse.ArgumentParser, *names: str) -> None:
     for name in names:
         flags, options = _SHARED_OPTIONS[name]
         parser.add_argument(*flags, **options)
+
+
+def _one_line_warning(message: Warning | str, *_: object, **__: object) -> str:
+    """A warning as the user reads it (`warning: <file>:<line>: skipped ...`), not Python's two-line form."""
+    return f"warning: {message}\n"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -199,13 +206,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    from harness.pipeline import read_lost
+    from harness.plugin import LOST_NAME
     from harness.records import read_records, results_path, write_records
 
-    merged = {record.id: record for source in args.dirs for record in read_records(results_path(source))}
+    sources = [results_path(source) for source in args.dirs]
+    merged = {record.id: record for source in sources for record in read_records(source)}
+    lost = {cell: error for source in sources for cell, error in read_lost(source.parent / LOST_NAME).items()}
     out = Path(args.out)
     write_records(results_path(out), merged.values())
     print(f"merged {len(merged)} records from {len(args.dirs)} results files into {results_path(out)}")
-    return render_and_gate(results_path(out), out, Path(args.baselines), _tolerance(args.tolerance), False)
+    tolerance = _tolerance(args.tolerance)
+    return render_and_gate(results_path(out), out, Path(args.baselines), tolerance, False, lost=lost)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -269,10 +281,11 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
 def cmd_baseline_accept(args: argparse.Namespace) -> int:
     from harness.baseline import accept
-    from harness.records import read_records, results_path
+    from harness.pipeline import readable_records
+    from harness.records import results_path
 
     results = results_path(args.results)
-    records = read_records(results)
+    records = readable_records(results)
     if not records:
         raise HarnessError(f"{results} holds no record to accept; run the matrix first, or pass the right path.")
     for path in accept(records, Path(args.baselines)):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,13 +123,21 @@ def render_and_gate(
 ) -> int:
     """Judge the results against the baselines, write the reports, print the verdict; 1 when the gate fails."""
     from harness.baseline import load_baselines
-    from harness.records import read_records
+    from harness.plugin import LOST_NAME, strip_control
     from harness.report import write_reports
-    from harness.verdict import count_verdicts, gate_failed, judge
+    from harness.verdict import Verdict, count_verdicts, gate_failed, judge
+    from harness.wording import first_line
 
-    lost = lost or {}
-    records = [printable(record) for record in read_records(results)] if results.exists() else []
+    records = [printable(record) for record in readable_records(results)] if results.exists() else []
+    if lost is None:  # `report` and `merge`: the run's own list of lost cells, where it left one
+        lost = read_lost(results.parent / LOST_NAME)
+    have = {record.id for record in records}
+    lost = {cell_id: error for cell_id, error in lost.items() if cell_id not in have}
     verdicts = judge(records, load_baselines(records, baselines), speedup_tolerance=tolerance)
+    verdicts += [
+        Verdict(cell_id, "lost", None, "no record", f"Selected, left no record: {first_line(strip_control(error))}")
+        for cell_id, error in lost.items()
+    ]
     paths = write_reports(records, verdicts, out, title="Optimizer compatibility matrix")
     for name, path in paths.items():
         print(f"wrote {name}: {path}")
@@ -136,18 +145,31 @@ def render_and_gate(
         from harness.screenshot import take_screenshot
 
         html = paths["report.html"] if "report.html" in paths else out / "report.html"
-        why = take_screenshot(Path(html), Path(html).with_suffix(".png"))
-        print(f"no screenshot: {why}" if why else f"wrote screenshot: {Path(html).with_suffix('.png')}")
-    counts = count_verdicts(verdicts)
-    if lost:
-        counts["lost"] = len(lost)
-        print_lost(lost)
-    summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
-    if gate_failed(verdicts) or lost:
+        no_shot = take_screenshot(Path(html), Path(html).with_suffix(".png"))
+        print(f"no screenshot: {no_shot}" if no_shot else f"wrote screenshot: {Path(html).with_suffix('.png')}")
+    print_lost(lost)
+    summary = ", ".join(f"{n} {v}" for v, n in sorted(count_verdicts(verdicts).items()))
+    if gate_failed(verdicts):
         print(f"gate: FAILED ({summary})")
         return 1
     print(f"gate: passed ({summary})")
     return 0
+
+
+def readable_records(results: Path) -> list[Record]:
+    """The file's records; a line that is not one is a warning, a file with none but such lines one sentence."""
+    from harness.records import scan_records
+
+    records, skipped = scan_records(results)
+    if skipped and not records:
+        number, why = skipped[0]
+        raise HarnessError(
+            f"{results} holds no readable record: {len(skipped)} lines, none a record (line {number}: {why}). "
+            "Pass the results.jsonl a run wrote, or run the matrix again."
+        )
+    for number, why in skipped:  # a torn or foreign line among good records: said, and the rest is judged
+        warnings.warn(f"{results}:{number}: skipped a line that is not a whole record ({why}).", stacklevel=2)
+    return records
 
 
 def printable(record: Record) -> Record:

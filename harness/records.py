@@ -48,6 +48,14 @@ def read_records(path: Path) -> list[Record]:
     A line that does not parse (the torn tail of a killed run) is skipped with a warning: its cell
     has no finished record, and `--resume` runs it again.
     """
+    records, skipped = scan_records(path)
+    for number, why in skipped:
+        warnings.warn(f"{path}:{number}: skipped a line that is not a whole record ({why}).", stacklevel=2)
+    return records
+
+
+def scan_records(path: Path) -> tuple[list[Record], list[tuple[int, str]]]:
+    """The file's records (the last of each cell id) and, for each line that is not one, its number and why."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError as exc:
@@ -57,6 +65,7 @@ def read_records(path: Path) -> list[Record]:
     except OSError as exc:
         raise HarnessError(f"Cannot read results file {path}: {exc.strerror}.") from exc
     latest: dict[str, Record] = {}
+    skipped: list[tuple[int, str]] = []
     for number, raw in enumerate(data.splitlines(), start=1):
         if not raw.strip():
             continue
@@ -66,10 +75,10 @@ def read_records(path: Path) -> list[Record]:
                 raise TypeError(f"a JSON {type(parsed).__name__}, not an object")
             record = Record.from_dict(parsed)
         except (ValueError, TypeError, KeyError) as exc:  # UnicodeDecodeError is a ValueError
-            warnings.warn(f"{path}:{number}: skipped a line that is not a whole record ({exc}).", stacklevel=2)
+            skipped.append((number, str(exc)))
             continue
         latest[record.id] = record
-    return list(latest.values())
+    return list(latest.values()), skipped
 
 
 def repair_torn_tail(path: Path) -> int:

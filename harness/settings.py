@@ -19,7 +19,9 @@ class TrainSettings(_Section):
 
     steps: int = Field(25, ge=2, description="optimizer steps per cell")
     seed: int = Field(0, description="seed of the model's weights and the synthetic data")
-    timeout_s: float = Field(60.0, gt=0, description="a cell running longer ends as `timeout`")
+    timeout_s: float = Field(
+        60.0, gt=0, allow_inf_nan=False, description="a cell running longer ends as `timeout` (a finite deadline)"
+    )
     batch_size: int = Field(4, ge=1)
     threads: int = Field(1, ge=1, description="torch CPU threads inside a cell")
     min_rel_drop: float = Field(
@@ -79,6 +81,7 @@ class _BenchFields(_Section):
     timeout_s: float = Field(
         120.0,
         gt=0,
+        allow_inf_nan=False,
         description="the benchmark's own deadline (training has train.timeout_s); a benchmark also waits at most "
         "this long for the machine, uncharged, and without it keeps its cell's outcome and no figure",
     )

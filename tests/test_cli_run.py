@@ -271,6 +271,28 @@ def test_a_dead_worker_loses_its_cell_and_the_gate_fails_naming_it(tmp_path: Pat
     assert [entry["id"] for entry in lost] == ["tests.faults.hostile.KillWorker-cpu-float32-plain-direct"]
     assert "crashed" in lost[0]["error"]  # xdist's own words for the worker it lost
     assert statuses(tmp_path) == {"torch.optim.AdamW-cpu-float32-plain-direct": "ok"}
+    summary = (tmp_path / "summary.md").read_text()
+    assert "Gate: FAILED" in summary and "KillWorker" in summary  # the job page says what the exit status says
+    assert "KillWorker" in (tmp_path / "report.html").read_text()
+
+    again = harness("report", str(tmp_path), "--baselines", str(tmp_path))  # re-rendered from lost.json
+    merged = harness("merge", str(tmp_path), "--out", str(tmp_path / "merged"), "--baselines", str(tmp_path))
+
+    assert again.returncode == 1 and "1 lost" in again.stdout, again.stdout + again.stderr
+    assert merged.returncode == 1 and "1 lost" in merged.stdout, merged.stdout + merged.stderr
+    assert "KillWorker" in (tmp_path / "merged" / "summary.md").read_text()
+
+
+def test_report_on_a_results_file_with_no_readable_record_is_one_sentence_and_status_2(tmp_path: Path) -> None:
+    (tmp_path / "results.jsonl").write_bytes(b"\xff\xfe not text\n[1, 2]\n")
+    done = harness("report", str(tmp_path), "--baselines", str(tmp_path))
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
+    assert "holds no readable record: 2 lines, none a record (line 1: 'utf-8' codec" in done.stderr
+    assert not (tmp_path / "report.html").exists()
+    accepted = harness("baseline", "accept", str(tmp_path), "--baselines", str(tmp_path))
+    assert accepted.returncode == 2 and accepted.stderr.count("\n") == 1, accepted.stderr
 
 
 def test_steps_that_signal_the_parent_pollute_pipes_or_delete_results_lose_nothing(tmp_path: Path) -> None:

@@ -94,13 +94,17 @@ def test_a_step_that_signals_its_parent_or_writes_into_every_pipe_keeps_its_reco
 
 
 def test_a_date_in_kwargs_or_an_infinite_timeout_costs_no_cell() -> None:
+    # A matrix file cannot say `timeout_s: .inf` (tests/resources/bad/timeout_infinite.yaml); settings made
+    # in code that bypass validation still cost only their own cell, which keeps a record.
     endless = TINY.model_copy(update={"train": TINY.train.model_copy(update={"timeout_s": math.inf})})
     with CellRunner() as runner:
         dated = runner.run(cell("torch.optim.AdamW", lr=datetime.date(2001, 12, 14)), ROOMY)
         unbounded = runner.run(cell("torch.optim.AdamW"), endless)
+        after = runner.run(cell("torch.optim.AdamW"), ROOMY)
     assert dated.status == "construct_error" and dated.reason == "invalid_value"
     assert "cannot be passed" in (dated.error_message or "")
-    assert unbounded.status == "ok"
+    assert unbounded.status == "crashed" and unbounded.id == after.id
+    assert after.status == "ok"
 
 
 def test_a_runner_that_cannot_start_says_why_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

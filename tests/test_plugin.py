@@ -20,6 +20,7 @@ from harness.exclusive import LOCK_DIR_ENV
 from harness.expand import expand_matrix, shard_cells
 from harness.isolate import CellRunner
 from harness.measurements import Environment
+from harness.plugin import strip_control
 from harness.records import read_records, results_path
 from harness.spec import load_matrix
 
@@ -151,3 +152,9 @@ def test_the_plugin_stays_out_unless_a_matrix_file_is_named(
     assert not (pytester.path / "reports").exists()
     named = pytester.runpytest("-p", "harness.plugin", str(matrix), "--collect-only", "-q")
     assert collected(named) == SMALL_IDS
+
+
+def test_control_sequences_leave_no_trace_in_terminal_or_markdown_text() -> None:
+    text = "a\x1b]0;window title\x07b \x1b[31mred\x1b[0m \x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\ bell\x07\r\n"
+
+    assert strip_control(text) == "ab red link bell\n"
