@@ -313,7 +313,7 @@ def test_steps_that_signal_the_parent_pollute_pipes_or_delete_results_lose_nothi
     [
         (["run", "-n", "-1"], "-n takes a number of workers"),
         (["run", "--out", "README.md"], "is a file; name a directory"),
-        (["baseline", "accept", "EMPTY"], "holds no record to accept"),
+        (["baseline", "accept", "EMPTY"], "holds no readable record"),
         (["list", "--", "-x"], "only `run` passes arguments after `--`"),
     ],
 )
