@@ -52,7 +52,7 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "-n", "auto", "tests", *session.posargs)
 
 
-@nox.session
+@nox.session(reuse_venv=True)  # a routine run skips reinstalling torch (~90 s); pip still checks every pin
 def matrix(session: nox.Session) -> None:
     """The default matrix.yaml in every environment it declares, then one report comparing them.
 
