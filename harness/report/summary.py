@@ -22,7 +22,8 @@ def render_summary_md(records: list[Record], verdicts: list[Verdict] | None) -> 
     else:
         result = "FAILED" if gate_failed(verdicts) else "passed"
         by_verdict = ", ".join(f"{n} {name}" for name, n in count_verdicts(verdicts).items() if n)
-        lines.append(f"**Gate: {result}** ({len(records)} cells: {by_verdict or 'none judged'}).")
+        cells = len({record.id for record in records} | {verdict.id for verdict in verdicts})  # lost ones too
+        lines.append(f"**Gate: {result}** ({cells} cells: {by_verdict or 'none judged'}).")
     lines += ["", "| status | cells |", "| --- | ---: |"]
     lines += [f"| {status_symbol(s)} {md(s)} | {n} |" for s, n in counts.items()]
     lines += _changes(verdicts or [])
