@@ -91,6 +91,11 @@ class Row:
     command: str
     problems: list[str] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, case: str, status: str, done: Done, healthy: str, command: str, problems: list[str]) -> Row:
+        """The row of one CLI run: its seconds and exit code come from the run itself."""
+        return cls(case, status, done.seconds, healthy, done.code, command, problems)
+
 
 class Context:
     """Where the case's files go, and how its CLI calls are run and shown."""
@@ -288,12 +293,11 @@ def case_lost(ctx: Context) -> list[Row]:
     )
     text, bad = healthy(records(out), {ADAMW: ["ok"]})
     return [
-        Row(
+        Row.of(
             "1 lost cell (pytest worker SIGKILLed) fails the gate",
             f"lost (lost.json: {error!r}); {gate}; summary.md: {verdict!r}",
-            done.seconds,
+            done,
             text,
-            done.code,
             ctx.show(args),
             check.problems + bad,
         )
@@ -321,7 +325,7 @@ def _hostile_run(
     check.need(found.get(fault, {}).get("status") in STEPPED, f"fault cell: {describe(found.get(fault))}")
     text, bad = healthy(found, expect)
     check.problems += bad
-    row = Row(label, describe(found.get(fault)), done.seconds, text, done.code, ctx.show(args), check.problems)
+    row = Row.of(label, describe(found.get(fault)), done, text, ctx.show(args), check.problems)
     return done, check, row, found
 
 
@@ -385,7 +389,7 @@ def one_line_refusal(
     message = ctx.clean(err[-1] if err else "(nothing on stderr)")
     if len(err) > 1:
         message += f" (after {len(err) - 1} warning lines)"
-    return Row(label, message, done.seconds, "n/a", done.code, ctx.show(args), check.problems)
+    return Row.of(label, message, done, "n/a", ctx.show(args), check.problems)
 
 
 def expected_message(path: Path) -> str:
@@ -420,7 +424,7 @@ def case_infinite_timeout(ctx: Context) -> list[Row]:
     check.need("finite" in done.stderr, "the message does not say the deadline must be finite")
     check.need("Traceback" not in done.stderr, "a traceback on stderr")
     status, text = ctx.clean(first_line(done.stderr)), "n/a"
-    return [Row("5b `timeout_s: .inf`", status, done.seconds, text, done.code, ctx.show(args), check.problems)]
+    return [Row.of("5b `timeout_s: .inf`", status, done, text, ctx.show(args), check.problems)]
 
 
 IMPORT_FAULTS = [
@@ -473,9 +477,7 @@ def case_import_faults(ctx: Context) -> list[Row]:
         check.need(record is not None and record["status"] in allowed, f"{name}: {describe(record)}")
         if name.endswith("import_raise:*") and record is not None:
             check.need(record.get("error_type") == "RuntimeError", f"error_type {record.get('error_type')}")
-        rows.append(
-            Row(label, describe(record), done.seconds, text, done.code, ctx.show(args, env), check.problems + bad)
-        )
+        rows.append(Row.of(label, describe(record), done, text, ctx.show(args, env), check.problems + bad))
     return rows
 
 
@@ -668,12 +670,11 @@ def case_polluter(ctx: Context) -> list[Row]:
         f"env clean {state.get('polluted') is None}; its `sleep 600` (pid {pid}) gone, `pgrep -f` finds none new"
     )
     return [
-        Row(
+        Row.of(
             "10 step monkeypatches AdamW, sets float64, leaves `sleep 600`",
             status,
-            done.seconds,
+            done,
             text,
-            done.code,
             ctx.show(args),
             check.problems + bad,
         )
@@ -718,37 +719,34 @@ def case_torn_line(ctx: Context) -> list[Row]:
     text, bad = healthy(records(out), {ADAMW: ["ok"], ADAM: STEPPED, SGD: STEPPED})
     status = f"{cut!r}; {torn_id.split('-')[0]} rerun; {len(parsed)}/3 records, once each, first {len(kept)} untouched"
     return [
-        Row(
+        Row.of(
             "11 torn last line in results.jsonl, then `run --resume`",
             status + " (after a first run whose last line the script cut in half)",
-            done.seconds,
+            done,
             text,
-            done.code,
             ctx.show(args),
             check.problems + bad,
         )
     ]
 
 
-def case_report_bad_results_cli(label: str, name: str, content: bytes) -> Callable[[Context], list[Row]]:
-    """`report` on a results file that holds no record: promised a one-line message and exit 2."""
+def case_unreadable_results(label: str, name: str, content: bytes, *command: str) -> Callable[[Context], list[Row]]:
+    """`report` or `baseline accept` on a results file with no record: one `error:` line, exit 2, nothing written."""
 
     def run(ctx: Context) -> list[Row]:
         out = ctx.path(name)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.jsonl").write_bytes(content)
-        args: list[str | Path] = ["report", out, "--baselines", out]
+        args: list[str | Path] = [*command, out, "--baselines", out]
         done = ctx.cli(args)
         check = Check()
         check.exit(done, 2)
         err = [line for line in done.stderr.splitlines() if line.strip()]
         check.need(len(err) == 1 and err[0].startswith("error:"), f"{len(err)} lines on stderr, not one 'error:' line")
-        gate = gate_line(done)
-        if done.code == 0:
-            shown = f"{ctx.clean(first_line(err[0] if err else '', 150))} (+{len(err) - 1} more stderr lines); {gate}"
-        else:
-            shown = ctx.clean(err[-1] if err else "(nothing on stderr)")
-        return [Row(label, shown, done.seconds, "n/a", done.code, ctx.show(args), check.problems)]
+        check.need(any("holds no" in line for line in err), "the sentence does not say the file holds no record")
+        check.need(not (out / "report.html").exists() and not (out / "baselines").exists(), "something was written")
+        shown = ctx.clean(err[-1] if err else "(nothing on stderr)")
+        return [Row.of(label, shown, done, "n/a", ctx.show(args), check.problems)]
 
     return run
 
@@ -780,42 +778,15 @@ def case_pytest_args(ctx: Context) -> list[Row]:
     gate = gate_line(done)
     status = f"accepted and run: {len(found)} records; {gate}"
     return [
-        Row(
+        Row.of(
             "12m `run m.yaml --out d -- -x` (must run)",
             status,
-            done.seconds,
+            done,
             text,
-            done.code,
             ctx.show(args),
             check.problems + bad,
         )
     ]
-
-
-def case_accept(label: str, name: str, content: bytes) -> Callable[[Context], list[Row]]:
-    def run(ctx: Context) -> list[Row]:
-        out = ctx.path(name)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.jsonl").write_bytes(content)
-        args: list[str | Path] = ["baseline", "accept", out, "--baselines", out]
-        done = ctx.cli(args)
-        check = Check()
-        check.need(done.code not in (0, None), f"exit {done.code}, expected non-zero")
-        check.need("Traceback" not in done.stderr, "a traceback on stderr")
-        err = [line for line in done.stderr.splitlines() if line.strip()]
-        check.need(
-            err
-            and err[-1].startswith("error:")
-            and ("holds no record" in err[-1] or "holds no readable record" in err[-1]),
-            "no sentence on stderr",
-        )
-        check.need(not (out / "baselines").exists(), "a baseline was written")
-        shown = ctx.clean(err[-1] if err else "(nothing on stderr)")
-        if len(err) > 1:
-            shown += f" (after {len(err) - 1} UserWarning lines)"
-        return [Row(label, shown, done.seconds, "n/a", done.code, ctx.show(args), check.problems)]
-
-    return run
 
 
 def case_alias_bomb(ctx: Context) -> list[Row]:
@@ -884,12 +855,11 @@ def case_ansi(ctx: Context) -> list[Row]:
     )
     text, bad = healthy(found, {ADAMW: ["ok"]})
     return [
-        Row(
+        Row.of(
             "14 failure with a huge message full of ANSI escapes",
             status,
-            done.seconds,
+            done,
             text,
-            done.code,
             ctx.show(args, env),
             check.problems + bad,
         )
@@ -922,12 +892,11 @@ def case_bench_no_learning(ctx: Context) -> list[Row]:
     text, bad = healthy(found, {ADAMW: ["ok"]})
     status = f"SGD lr 1e-9: {sgd.get('status')}, bench step_ms: {figures or 'none'}"
     return [
-        Row(
+        Row.of(
             "15 a cell ending `no_learning` is still benchmarked",
             status,
-            done.seconds,
+            done,
             text,
-            done.code,
             ctx.show(args),
             check.problems + bad,
         )
@@ -966,22 +935,26 @@ CASES: list[tuple[list[str], Callable[[Context], list[Row]]]] = [
     (["12h misspelt `torhc.optim.AdamW`"], bad_file("12h misspelt `torhc.optim.AdamW`", "misspelt_package")),
     (
         ["12i `report` on a non-UTF-8 results file"],
-        case_report_bad_results_cli("12i `report` on a non-UTF-8 results file", "c12i", NOT_UTF8),
+        case_unreadable_results("12i `report` on a non-UTF-8 results file", "c12i", NOT_UTF8, "report"),
     ),
     (
         ["12j `report` on results whose JSON lines are not objects"],
-        case_report_bad_results_cli("12j `report` on results whose JSON lines are not objects", "c12j", NOT_OBJECTS),
+        case_unreadable_results(
+            "12j `report` on results whose JSON lines are not objects", "c12j", NOT_OBJECTS, "report"
+        ),
     ),
     (["12k `--out` names an existing file"], case_out_is_a_file),
     (["12l `-n -1`"], case_negative_workers),
     (["12m `run m.yaml --out d -- -x` (must run)"], case_pytest_args),
     (
         ["12n `baseline accept` on an empty results file"],
-        case_accept("12n `baseline accept` on an empty results file", "c12n", b""),
+        case_unreadable_results("12n `baseline accept` on an empty results file", "c12n", b"", "baseline", "accept"),
     ),
     (
         ["12o `baseline accept` on a garbage results file"],
-        case_accept("12o `baseline accept` on a garbage results file", "c12o", b"not json\n\xff\xfe\n"),
+        case_unreadable_results(
+            "12o `baseline accept` on a garbage results file", "c12o", b"not json\n\xff\xfe\n", "baseline", "accept"
+        ),
     ),
     (["13 YAML alias bomb: `list --json`"], case_alias_bomb),
     (["14 failure with a huge message full of ANSI escapes"], case_ansi),

@@ -27,7 +27,6 @@ DEFAULT_OUT = "reports"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    warnings.formatwarning = _one_line_warning
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -41,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("only `run` passes arguments after `--` on to pytest")
         args.pytest_args = [*args.pytest_args, *extra]
     command: Callable[[argparse.Namespace], int] = args.command
+    python_form, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
         return command(args)
     except HarnessError as exc:
@@ -52,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished cells are kept; rerun with --resume to run the rest.", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = python_form  # `main` is called in-process too (tests, `run --env`)
 
 
 _SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
@@ -208,10 +210,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from harness.pipeline import read_lost
     from harness.plugin import LOST_NAME
-    from harness.records import read_records, results_path, write_records
+    from harness.records import readable_records, results_path, write_records
 
     sources = [results_path(source) for source in args.dirs]
-    merged = {record.id: record for source in sources for record in read_records(source)}
+    merged = {record.id: record for source in sources for record in readable_records(source)}
     lost = {cell: error for source in sources for cell, error in read_lost(source.parent / LOST_NAME).items()}
     out = Path(args.out)
     write_records(results_path(out), merged.values())
@@ -221,13 +223,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.records import read_records, results_path
+    from harness.records import readable_records, results_path
     from harness.report import render_compare_html
     from harness.report.releases import render_compare_md, run_name
 
     runs = []
     for source in args.results:
-        records = read_records(results_path(source))
+        records = readable_records(results_path(source))
         runs.append((run_name(records, _run_label(records, source)), records))
     out = Path(args.out)
     _write_text(out, render_compare_html(runs, title="Optimizer matrix: comparison"))
@@ -281,8 +283,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
 def cmd_baseline_accept(args: argparse.Namespace) -> int:
     from harness.baseline import accept
-    from harness.pipeline import readable_records
-    from harness.records import results_path
+    from harness.records import readable_records, results_path
 
     results = results_path(args.results)
     records = readable_records(results)

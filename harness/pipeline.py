@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,6 +123,7 @@ def render_and_gate(
     """Judge the results against the baselines, write the reports, print the verdict; 1 when the gate fails."""
     from harness.baseline import load_baselines
     from harness.plugin import LOST_NAME, strip_control
+    from harness.records import readable_records
     from harness.report import write_reports
     from harness.verdict import Verdict, count_verdicts, gate_failed, judge
     from harness.wording import first_line
@@ -154,22 +154,6 @@ def render_and_gate(
         return 1
     print(f"gate: passed ({summary})")
     return 0
-
-
-def readable_records(results: Path) -> list[Record]:
-    """The file's records; a line that is not one is a warning, a file with none but such lines one sentence."""
-    from harness.records import scan_records
-
-    records, skipped = scan_records(results)
-    if skipped and not records:
-        number, why = skipped[0]
-        raise HarnessError(
-            f"{results} holds no readable record: {len(skipped)} lines, none a record (line {number}: {why}). "
-            "Pass the results.jsonl a run wrote, or run the matrix again."
-        )
-    for number, why in skipped:  # a torn or foreign line among good records: said, and the rest is judged
-        warnings.warn(f"{results}:{number}: skipped a line that is not a whole record ({why}).", stacklevel=2)
-    return records
 
 
 def printable(record: Record) -> Record:

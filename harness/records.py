@@ -49,9 +49,31 @@ def read_records(path: Path) -> list[Record]:
     has no finished record, and `--resume` runs it again.
     """
     records, skipped = scan_records(path)
-    for number, why in skipped:
-        warnings.warn(f"{path}:{number}: skipped a line that is not a whole record ({why}).", stacklevel=2)
+    _warn_skipped(path, skipped)
     return records
+
+
+def readable_records(path: Path) -> list[Record]:
+    """As `read_records`, for a file a user handed over: one with no record but unreadable lines is an error.
+
+    A torn or foreign line among good records is a warning and the rest is read; a file of nothing but
+    such lines (not UTF-8, not JSON objects) is one sentence saying so, not a warning per line.
+    """
+    records, skipped = scan_records(path)
+    if skipped and not records:
+        number, why = skipped[0]
+        raise HarnessError(
+            f"{path} holds no readable record (line {number}: {why}; "
+            f"{len(skipped)} unreadable line{'s' if len(skipped) > 1 else ''} in all). "
+            "Pass the results.jsonl a run wrote, or run the matrix again."
+        )
+    _warn_skipped(path, skipped)
+    return records
+
+
+def _warn_skipped(path: Path, skipped: list[tuple[int, str]]) -> None:
+    for number, why in skipped:
+        warnings.warn(f"{path}:{number}: skipped a line that is not a whole record ({why}).", stacklevel=3)
 
 
 def scan_records(path: Path) -> tuple[list[Record], list[tuple[int, str]]]:

@@ -289,10 +289,16 @@ def test_report_on_a_results_file_with_no_readable_record_is_one_sentence_and_st
 
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
-    assert "holds no readable record: 2 lines, none a record (line 1: 'utf-8' codec" in done.stderr
+    assert "holds no readable record (line 1: 'utf-8' codec" in done.stderr and "2 unreadable lines" in done.stderr
     assert not (tmp_path / "report.html").exists()
-    accepted = harness("baseline", "accept", str(tmp_path), "--baselines", str(tmp_path))
-    assert accepted.returncode == 2 and accepted.stderr.count("\n") == 1, accepted.stderr
+    for args in (
+        ["baseline", "accept", str(tmp_path), "--baselines", str(tmp_path)],
+        ["merge", str(tmp_path), "--out", str(tmp_path / "merged")],
+        ["compare", str(tmp_path), "--out", str(tmp_path / "compare.html")],
+    ):
+        refused = harness(*args)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, (args, refused.stderr)
+        assert "holds no readable record" in refused.stderr
 
 
 def test_steps_that_signal_the_parent_pollute_pipes_or_delete_results_lose_nothing(tmp_path: Path) -> None:
