@@ -128,6 +128,11 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
     environment: str = ""
     """The named environment (matrix `environments:`) the cell ran in; "" for the current interpreter."""
+    measurement_errors: dict[str, str] = field(default_factory=dict)
+    """What failed while measuring (`state_bytes`, `peak_memory`, `bench`, ...): never the cell's status."""
+    process_changes: list[str] = field(default_factory=list)
+    """What the cell changed process-wide (a patched class, closed stdout, a signal handler, a process left
+    running); the next cell got a fresh process."""
 
     def __post_init__(self) -> None:
         # `bench` and `env` are JSON objects on disk: their JSON form is accepted here and typed once.
