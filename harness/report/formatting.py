@@ -30,7 +30,8 @@ VERDICT_SYMBOLS: dict[str, str] = {
     "changed": "↔",
     "slower": "↘",
     "new": "+",
-    "not_run": "–",
+    "not_run": "⊘",
+    "no_device": "–",
     "as_expected": "=",
 }
 if set(STATUS_SYMBOLS) != set(STATUSES) or set(VERDICT_SYMBOLS) != set(VERDICTS):  # checked once, at import
