@@ -61,7 +61,11 @@ def render_html(
             has_verdicts=verdicts is not None,
             verdict_counts={**dict.fromkeys(VERDICTS, 0), **count_verdicts(verdicts or [])},
             verdict_names=VERDICTS,
-            gate_failing=[name for name in VERDICTS if name in GATE_FAILING],
+            gate_failing=[  # `new` too, under --strict
+                name
+                for name in VERDICTS
+                if name in GATE_FAILING or any(v.verdict == name and v.fails_gate for v in verdicts or [])
+            ],
             listed_verdicts=listed,
             index_of=index_of,
             gate_failed=gate_failed(verdicts or []),
