@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from harness.cells import Record
 from harness.measurements import GATE_SPEEDUP_KEYS
 from harness.report.formatting import VERDICT_SYMBOLS, md, short, status_counts, status_symbol
-from harness.verdict import Verdict, count_verdicts, gate_failed, sort_verdicts
+from harness.verdict import Verdict, count_verdicts, gate_failed, not_run_lines, sort_verdicts
 from harness.vocabulary import FAILING_STATUSES, STATUSES
 
 _MD_ROWS = 60  # rows per Markdown table: a CI job page is read, not searched
@@ -23,7 +23,9 @@ def render_summary_md(records: list[Record], verdicts: list[Verdict] | None) -> 
         result = "FAILED" if gate_failed(verdicts) else "passed"
         by_verdict = ", ".join(f"{n} {name}" for name, n in count_verdicts(verdicts).items() if n)
         cells = len({record.id for record in records} | {verdict.id for verdict in verdicts})  # lost ones too
-        lines.append(f"**Gate: {result}** ({cells} cells: {by_verdict or 'none judged'}).")
+        strict = " under --strict" if any(v.strict for v in verdicts) else ""
+        lines.append(f"**Gate: {result}**{strict} ({cells} cells: {by_verdict or 'none judged'}).")
+        lines += [f"\n**{md(line)}.**" for line in not_run_lines(verdicts)]
     lines += ["", "| status | cells |", "| --- | ---: |"]
     lines += [f"| {status_symbol(s)} {md(s)} | {n} |" for s, n in counts.items()]
     lines += _changes(verdicts or [])
