@@ -10,8 +10,10 @@ A file looks like this (sorted keys, one entry per cell id, so a change reads we
       "environment": "torch-2.14.1-cuda"
     }
 
-A `skipped` cell was not run, so it says nothing about the outcome: accepting it never overwrites an
-entry that holds a real outcome (a CPU-only run must not erase the GPU machine's baseline).
+A cell skipped for what the machine lacks (its device) says nothing about the outcome: accepting it never
+overwrites an entry that holds a real outcome (a CPU-only run must not erase the GPU machine's baseline). A
+cell skipped because its package is not installed does overwrite it: accepting that run says the package is
+gone on purpose.
 """
 
 from __future__ import annotations
@@ -167,8 +169,9 @@ def accept(records: list[Record], reports_dir: Path) -> list[Path]:
         entries = read_baseline_file(path)
         for record in group:
             previous = entries.get(record.id)
-            if record.status == "skipped" and previous is not None and previous.status != "skipped":
-                continue  # not run this time: keep the last real outcome
+            kept = previous is not None and previous.status != "skipped"
+            if kept and record.status == "skipped" and record.reason != "missing_dependency":
+                continue  # this machine lacks what it needs (its device): keep the outcome the other machine saw
             entries[record.id] = BaselineEntry.from_record(record)
         write_baseline_file(path, key, entries)
         written.append(path)
@@ -177,10 +180,31 @@ def accept(records: list[Record], reports_dir: Path) -> list[Path]:
 
 def load_baselines(records: list[Record], reports_dir: Path) -> dict[str, BaselineEntry]:
     """The accepted entries of these records' cells, read from their environments' files."""
-    found: dict[str, BaselineEntry] = {}
-    for key, group in sorted(_by_environment(records).items()):
-        entries = read_baseline_file(baseline_path(reports_dir, key))
-        for record in group:
-            if record.id in entries:
-                found[record.id] = entries[record.id]
-    return found
+    files = load_baseline_files(records, reports_dir)
+    return {
+        r.id: files[key][r.id] for key, group in _by_environment(records).items() for r in group if r.id in files[key]
+    }
+
+
+def load_baseline_files(records: list[Record], reports_dir: Path) -> dict[str, dict[str, BaselineEntry]]:
+    """Every entry of the baseline files these records belong to, by baseline key (an absent file is empty)."""
+    return {key: read_baseline_file(baseline_path(reports_dir, key)) for key in sorted(_by_environment(records))}
+
+
+def missing_baselines(records: list[Record], reports_dir: Path) -> str | None:
+    """A sentence when the records' environments have no baseline file but the folder holds others', else None.
+
+    `--strict` fails every `new` cell; when that is because the baselines are another environment's (an older
+    torch, a mistyped folder), the sentence says which files are there.
+    """
+    wanted = sorted(key for key in _by_environment(records) if not baseline_path(reports_dir, key).exists())
+    if not wanted:
+        return None
+    folder = Path(reports_dir) / "baselines"
+    others = sorted(path.stem for path in folder.glob("*.json")) if folder.is_dir() else []
+    there = f"it holds baselines for {', '.join(others)} only" if others else "it holds no baseline at all"
+    return (
+        f"{folder} has no baseline for {', '.join(wanted)}: {there}. Accept this run's results with "
+        f"`python -m harness baseline accept --baselines {reports_dir}`, or point --baselines at the folder that "
+        "holds them."
+    )

@@ -12,7 +12,6 @@ other unknown kwarg, naming the nearest valid one, so a typo is never dropped si
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -24,7 +23,7 @@ import torch
 from harness.checks import check_builder
 from harness.classify import classify_error
 from harness.errors import HarnessError
-from harness.resolve import MissingDependency, ResolvedOptimizer, pip_name, resolve_optimizer
+from harness.resolve import ResolvedOptimizer, import_module, resolve_optimizer
 from harness.vocabulary import ACCELERATION_HINTS
 from harness.wording import quote, unknown
 
@@ -93,13 +92,8 @@ def load_builder(builder: str) -> Callable[..., Any]:
         raise HarnessError(problem)
     module_name, _, function_name = builder.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = import_module(module_name, what=f"of builder {quote(builder)}")
     except ModuleNotFoundError as exc:
-        if exc.name == module_name.split(".")[0]:
-            package = pip_name(module_name)
-            raise MissingDependency(
-                f"{package} (of builder {builder!r}) is not installed: pip install {package}", package=package
-            ) from exc
         raise HarnessError(
             f"Builder {builder!r} names module {module_name!r}, which cannot be imported: {exc}."
         ) from exc

@@ -12,6 +12,7 @@ import functools
 import re
 from dataclasses import dataclass
 
+from harness.resolve import BrokenImport
 from harness.vocabulary import REASONS, Reason
 
 _DTYPE_SPELLINGS = {
@@ -34,7 +35,8 @@ class Rule:
 _ANY = (BaseException,)
 
 RULES: tuple[Rule, ...] = (
-    # `harness.resolve.MissingDependency` is an ImportError too.
+    # `harness.resolve.BrokenImport` (installed, raises on import) and `MissingDependency` are ImportErrors too.
+    Rule((BrokenImport,), r"", "import_error"),
     Rule((ImportError,), r"", "missing_dependency"),
     Rule(
         (TypeError,),

@@ -70,6 +70,10 @@ _SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     ),
     "tolerance": (("--tolerance",), {"type": float, "help": "speed-up tolerance of the gate (default 0.2)"}),
     "screenshot": (("--screenshot",), {"action": "store_true", "help": "also save report.png (needs Chromium)"}),
+    "strict": (
+        ("--strict",),
+        {"action": "store_true", "help": "a cell with no accepted outcome (`new`) fails the gate too"},
+    ),
 }
 """Options several commands take, each spelt once."""
 
@@ -101,20 +105,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: reports)")
     _shared(p, "keyword")
     p.add_argument("--resume", action="store_true", help="keep the results file and run only cells without a record")
-    _shared(p, "shard", "baselines", "screenshot")
+    _shared(p, "shard", "baselines", "strict", "screenshot")
     p.add_argument("pytest_args", nargs="*", help="more pytest arguments, after --")
     p.add_argument("--env", metavar="NAME", help="run in the matrix's environment NAME (built, cached on demand)")
     p.set_defaults(command=cmd_run)
 
     p = sub.add_parser("report", help="render report.html and summary.md from a results file")
     p.add_argument("--out", help="output directory (default: the results file's directory)")
-    _shared(p, "results", "baselines", "tolerance", "screenshot")
+    _shared(p, "results", "baselines", "strict", "tolerance", "screenshot")
     p.set_defaults(command=cmd_report)
 
     p = sub.add_parser("merge", help="join shard results into one results file and one report")
     p.add_argument("dirs", nargs="+", help="shard output directories (or results.jsonl files)")
     p.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: reports)")
-    _shared(p, "baselines", "tolerance")
+    _shared(p, "baselines", "strict", "tolerance")
     p.set_defaults(command=cmd_merge)
 
     p = sub.add_parser("compare", help="one report with several runs' environments side by side")
@@ -185,6 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             shard=args.shard,
             baselines=Path(args.baselines),
             screenshot=args.screenshot,
+            strict=args.strict,
             pytest_args=args.pytest_args,
         )
     finally:
@@ -204,7 +209,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     results = results_path(args.results)
     out = Path(args.out) if args.out else results.parent
-    return render_and_gate(results, out, Path(args.baselines), _tolerance(args.tolerance), args.screenshot)
+    tolerance = _tolerance(args.tolerance)
+    return render_and_gate(results, out, Path(args.baselines), tolerance, args.screenshot, strict=args.strict)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -219,7 +225,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     write_records(results_path(out), merged.values())
     print(f"merged {len(merged)} records from {len(args.dirs)} results files into {results_path(out)}")
     tolerance = _tolerance(args.tolerance)
-    return render_and_gate(results_path(out), out, Path(args.baselines), tolerance, False, lost=lost)
+    return render_and_gate(
+        results_path(out), out, Path(args.baselines), tolerance, False, lost=lost, strict=args.strict
+    )
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

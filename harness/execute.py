@@ -13,7 +13,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -33,7 +33,9 @@ from harness.scenarios.base import judge_loss
 from harness.settings import Settings
 from harness.vocabulary import STEPPED
 
-__all__ = ["construct", "judge_loss", "prepare", "run_cell", "train_and_judge"]
+__all__ = ["construct", "judge_loss", "measure", "prepare", "run_cell", "train_and_judge"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -94,13 +96,30 @@ def run_cell(cell: Cell, settings: Settings) -> Record:
     if record.status in STEPPED and cell.scenario == DEFAULT_SCENARIO and settings.bench.selects(cell):
         from harness.bench import run_bench
 
+        errors = dict(record.measurement_errors)
         try:
             with exclusive.exclusive(bound=settings.bench.timeout_s):  # timed alone, no other cell training
                 bench = run_bench(prepared.resolved, cell, settings)
         except exclusive.MachineBusy as exc:
             bench = BenchResult(not_measured=str(exc))
-        record = record.replace(bench=bench, duration_s=time.perf_counter() - finish.started)
+        except Exception as exc:  # the benchmark's own failure never changes what training showed
+            errors["bench"] = _describe(exc)
+            bench = BenchResult(not_measured=f"the benchmark failed: {errors['bench']}")
+        record = record.replace(bench=bench, measurement_errors=errors, duration_s=time.perf_counter() - finish.started)
     return record
+
+
+def measure(name: str, errors: dict[str, str], function: Callable[[], T]) -> T | None:
+    """`function()`, or None with its failure kept in `errors[name]`: measuring never changes a cell's status."""
+    try:
+        return function()
+    except Exception as exc:
+        errors[name] = _describe(exc)
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def prepare(cell: Cell, settings: Settings, finish: _Finisher) -> Prepared | Record:
@@ -179,8 +198,11 @@ def train_and_judge(prepared: Prepared, constructed: tuple[Built, float], finish
             initial_loss=losses[0] if losses else None,
         )
     steps_s = outcome.steps_s if outcome.steps_s is not None else time.perf_counter() - started
-    state = state_bytes(built.optimizer)
-    peak = torch.cuda.max_memory_allocated(cell.device) if cell.device.startswith("cuda") else None
+    errors: dict[str, str] = {}
+    state = measure("state_bytes", errors, lambda: state_bytes(built.optimizer))
+    peak = None
+    if cell.device.startswith("cuda"):
+        peak = measure("peak_memory_bytes", errors, lambda: torch.cuda.max_memory_allocated(cell.device))
     return finish(
         outcome.status,
         **common,
@@ -192,8 +214,9 @@ def train_and_judge(prepared: Prepared, constructed: tuple[Built, float], finish
         scenario_numbers=_finite_numbers(outcome.numbers),
         steps_s=steps_s,
         state_bytes=state,
-        state_bytes_per_param=state / prepared.num_params if prepared.num_params else None,
+        state_bytes_per_param=state / prepared.num_params if state is not None and prepared.num_params else None,
         peak_memory_bytes=peak,
+        measurement_errors=errors,
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ def run_matrix(
     shard: str | None = None,
     baselines: Path = Path("reports"),
     screenshot: bool = False,
+    strict: bool = False,
     pytest_args: Sequence[str] = (),
 ) -> int:
     """Run the matrix's cells under pytest (the plugin, xdist), then write the reports; the gate's exit status.
@@ -45,7 +47,7 @@ def run_matrix(
     cache.unlink(missing_ok=True)
     matrix_cells(matrix, shard, cache)  # a bad matrix or shard fails here, cleanly, before pytest starts
     (out / LOST_NAME).unlink(missing_ok=True)
-    pytest_args = [
+    args = [
         str(path),
         "-p",
         "harness.plugin",
@@ -60,22 +62,21 @@ def run_matrix(
         "-o",
         "junit_family=xunit2",
     ]
-    if workers != "0":
-        pytest_args += ["-n", workers]
-    else:
-        pytest_args += ["-p", "no:xdist"]
+    args += ["-n", workers] if workers != "0" else ["-p", "no:xdist"]
     if keyword:
-        pytest_args += ["-k", keyword]
+        args += ["-k", keyword]
     if resume:
-        pytest_args.append("--matrix-resume")
+        args.append("--matrix-resume")
     if shard:
-        pytest_args.append(f"--matrix-shard={shard}")
-    pytest_args += list(pytest_args)
+        args.append(f"--matrix-shard={shard}")
+    if strict:
+        args.append("--matrix-strict")
+    args += pytest_args  # the user's, after `--`: last, so they can override ours
     env = {OUT_LOCK_ENV: str(out.resolve()), CACHE_ENV: str(cache.resolve())}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        code = pytest.main(pytest_args)
+        code = pytest.main(args)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -83,6 +84,8 @@ def run_matrix(
             else:
                 os.environ[key] = value
     lost = read_lost(out / LOST_NAME)
+    if code == pytest.ExitCode.INTERRUPTED:
+        return interrupted(results_path(out), len(lost))
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED):
         print_lost(lost)
         raise HarnessError(
@@ -94,7 +97,24 @@ def run_matrix(
         print("No cell ran (none selected); nothing to report.")
         return 0
     tolerance = matrix.settings.bench.speedup_tolerance
-    return render_and_gate(results, out, baselines, tolerance, screenshot, lost=lost)
+    return render_and_gate(results, out, baselines, tolerance, screenshot, lost=lost, strict=strict)
+
+
+INTERRUPTED = 130
+"""The exit status of a run stopped by Ctrl-C (SIGINT), as a shell reports it: 128 + 2."""
+
+
+def interrupted(results: Path, unfinished: int) -> int:
+    """Ctrl-C: one line saying what was kept and how to finish; the exit status 130."""
+    from harness.records import finished_ids
+
+    kept = len(finished_ids(results))
+    left = f"; {unfinished} selected cells have no record" if unfinished else ""
+    print(
+        f"interrupted: {kept} records kept in {results}{left}; rerun the same command with --resume to finish the run.",
+        file=sys.stderr,
+    )
+    return INTERRUPTED
 
 
 def read_lost(path: Path) -> dict[str, str]:
@@ -118,14 +138,24 @@ def print_lost(lost: dict[str, str]) -> None:
 
 
 def render_and_gate(
-    results: Path, out: Path, baselines: Path, tolerance: float, screenshot: bool, *, lost: dict[str, str] | None = None
+    results: Path,
+    out: Path,
+    baselines: Path,
+    tolerance: float,
+    screenshot: bool,
+    *,
+    lost: dict[str, str] | None = None,
+    strict: bool = False,
 ) -> int:
-    """Judge the results against the baselines, write the reports, print the verdict; 1 when the gate fails."""
-    from harness.baseline import load_baselines
+    """Judge the results against the baselines, write the reports, print the verdict; 1 when the gate fails.
+
+    `strict`: a cell with no accepted outcome (`new`) fails the gate too.
+    """
+    from harness.baseline import load_baseline_files, load_baselines, missing_baselines
     from harness.plugin import LOST_NAME, strip_control
     from harness.records import readable_records
     from harness.report import write_reports
-    from harness.verdict import Verdict, count_verdicts, gate_failed, judge
+    from harness.verdict import Verdict, count_verdicts, gate_failed, judge, not_run_lines, vanished
     from harness.wording import first_line
 
     records = [printable(record) for record in readable_records(results)] if results.exists() else []
@@ -133,9 +163,17 @@ def render_and_gate(
         lost = read_lost(results.parent / LOST_NAME)
     have = {record.id for record in records}
     lost = {cell_id: error for cell_id, error in lost.items() if cell_id not in have}
-    verdicts = judge(records, load_baselines(records, baselines), speedup_tolerance=tolerance)
+    verdicts = judge(records, load_baselines(records, baselines), speedup_tolerance=tolerance, strict=strict)
+    verdicts += vanished(records, load_baseline_files(records, baselines), strict=strict)
     verdicts += [
-        Verdict(cell_id, "lost", None, "no record", f"Selected, left no record: {first_line(strip_control(error))}")
+        Verdict(
+            cell_id,
+            "lost",
+            None,
+            "no record",
+            f"Selected, left no record: {first_line(strip_control(error))}",
+            strict=strict,
+        )
         for cell_id, error in lost.items()
     ]
     paths = write_reports(records, verdicts, out, title="Optimizer compatibility matrix")
@@ -148,11 +186,16 @@ def render_and_gate(
         no_shot = take_screenshot(Path(html), Path(html).with_suffix(".png"))
         print(f"no screenshot: {no_shot}" if no_shot else f"wrote screenshot: {Path(html).with_suffix('.png')}")
     print_lost(lost)
-    summary = ", ".join(f"{n} {v}" for v, n in sorted(count_verdicts(verdicts).items()))
+    for line in not_run_lines(verdicts):
+        print(f"not run: {line}")
+    counts = count_verdicts(verdicts)
+    if counts["new"] and (note := missing_baselines(records, baselines)):
+        print(f"{'strict' if strict else 'note'}: {note}")
+    summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
     if gate_failed(verdicts):
-        print(f"gate: FAILED ({summary})")
+        print(f"gate: FAILED{' (--strict)' if strict else ''} ({summary})")
         return 1
-    print(f"gate: passed ({summary})")
+    print(f"gate: passed{' (--strict)' if strict else ''} ({summary})")
     return 0
 
 

@@ -36,7 +36,7 @@ from harness.records import (
     results_path,
 )
 from harness.settings import Settings
-from harness.vocabulary import GATE_FAILING
+from harness.verdict import Verdict
 from harness.wording import first_line
 
 _RUNNER_KEY = pytest.StashKey[CellRunner]()
@@ -53,6 +53,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--matrix-shard", default=None, metavar="I/N", help="run the I-th of N stable shares of the cells")
     group.addoption(
         "--matrix-baselines", default="reports", metavar="DIR", help="directory holding baselines/ (default: reports)"
+    )
+    group.addoption(
+        "--matrix-strict", action="store_true", help="a cell with no accepted outcome (`new`) fails, as a regression"
     )
 
 
@@ -176,9 +179,10 @@ class CellItem(pytest.Item):
         self.user_properties.append(("status", record.status))
         if record.reason:
             self.user_properties.append(("reason", record.reason))
-        verdict = _verdict_for(self.config, record, self.settings)
+        judged = _verdict_for(self.config, record, self.settings)
+        verdict = judged.verdict
         self.user_properties.append(("verdict", verdict))
-        if verdict in GATE_FAILING:
+        if judged.fails_gate:
             raise CellFailure(record, verdict)
         if record.status == "skipped":
             pytest.skip(f"{record.error_message or 'skipped'}")
@@ -331,7 +335,7 @@ def _uses_xdist(config: pytest.Config) -> bool:
 _BASELINES_KEY = pytest.StashKey[dict]()
 
 
-def _verdict_for(config: pytest.Config, record: Record, settings: Settings) -> str:
+def _verdict_for(config: pytest.Config, record: Record, settings: Settings) -> Verdict:
     from harness.baseline import baseline_path, read_baseline_file, record_environment_key
     from harness.verdict import judge_one
 
@@ -340,4 +344,5 @@ def _verdict_for(config: pytest.Config, record: Record, settings: Settings) -> s
     if key not in files:
         files[key] = read_baseline_file(baseline_path(Path(config.getoption("matrix_baselines")), key))
     entry = files[key].get(record.id)
-    return judge_one(record, entry, speedup_tolerance=settings.bench.speedup_tolerance).verdict
+    strict = bool(config.getoption("matrix_strict"))
+    return judge_one(record, entry, speedup_tolerance=settings.bench.speedup_tolerance, strict=strict)

@@ -13,6 +13,7 @@ import fnmatch
 import functools
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import pkgutil
 from collections.abc import Callable
@@ -37,6 +38,62 @@ class MissingDependency(HarnessError, ImportError):
     def __init__(self, message: str, *, package: str):
         super().__init__(message)
         self.package = package
+
+
+class BrokenImport(HarnessError, ImportError):
+    """The package is installed but raises while importing (an `undefined symbol` after a torch upgrade, a
+    dependency it needs that is gone): the cell fails with reason `import_error`, never `skipped`."""
+
+    def __init__(self, message: str, *, package: str):
+        super().__init__(message)
+        self.package = package
+
+
+def is_installed(import_name: str) -> bool:
+    """Whether the top-level package of `import_name` can be found (a distribution or a module on the path),
+    without importing it."""
+    top = import_name.split(".")[0]
+    if package_version(pip_name(top)) is not None:
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def import_module(module_name: str, *, what: str = "") -> ModuleType:
+    """Import a module, telling an absent package (`MissingDependency`) from an installed one that raises while
+    importing (`BrokenImport`); what it prints goes to the records' env, not the terminal.
+
+    `what` names who needs the module in the messages ("of builder 'litgpt.utils:f'"). A `ModuleNotFoundError`
+    for a submodule of an installed package propagates for the caller to word.
+    """
+    top = module_name.split(".")[0]
+    package = pip_name(top)
+    of = f" ({what})" if what else ""
+    try:
+        return quiet_import(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or top
+        if missing == top and not is_installed(top):
+            raise MissingDependency(f"{package}{of} is not installed: pip install {package}", package=package) from exc
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise  # a module the installed package does not have: a name to correct, not a broken import
+        raise BrokenImport(_broken(package, of, exc), package=package) from exc
+    except Exception as exc:
+        raise BrokenImport(_broken(package, of, exc), package=package) from exc
+
+
+def _broken(package: str, of: str, exc: BaseException) -> str:
+    version = package_version(package)
+    installed = f"{package} {version}" if version else package
+    if isinstance(exc, ModuleNotFoundError) and exc.name and not is_installed(exc.name):
+        needed = pip_name(exc.name)
+        return (
+            f"{installed}{of} is installed but cannot be imported: it needs {needed}, which is not installed "
+            f"(pip install {needed}): {exc}"
+        )
+    return f"{installed}{of} is installed but raises while importing: {type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)
@@ -89,8 +146,8 @@ def expand_optimizer(name: str) -> list[str]:
         return [_torch_short_name(name)]
     try:
         resolve_optimizer(name)
-    except MissingDependency:
-        pass
+    except (MissingDependency, BrokenImport):
+        pass  # its cells record it at run time: `skipped` when absent, `import_error` when broken
     return [name]
 
 
@@ -103,6 +160,7 @@ def resolve_optimizer(name: str) -> ResolvedOptimizer:
     if name.startswith("timm:"):
         return _resolve_timm(name)
     if ":" in name:
+        _import(name.split(":", 1)[0])  # a family stands unexpanded when its package is absent or broken: say so
         raise UnknownOptimizerError(
             f"Optimizer {name!r} is a family, not one optimizer; expand it with expand_optimizer() first."
         )
@@ -134,7 +192,7 @@ def _torch_short_name(name: str) -> str:
 def _expand_module(name: str, module_name: str, pattern: str) -> list[str]:
     try:
         module = _import(module_name)
-    except MissingDependency:
+    except (MissingDependency, BrokenImport):
         return [name]
     classes = _optimizer_classes(module)
     matched = [c for c in classes if fnmatch.fnmatchcase(c, pattern)]
@@ -146,7 +204,7 @@ def _expand_module(name: str, module_name: str, pattern: str) -> list[str]:
 def _expand_timm(name: str, pattern: str) -> list[str]:
     try:
         timm_optim = _import("timm.optim")
-    except MissingDependency:
+    except (MissingDependency, BrokenImport):
         return [name]
     names: list[str] = timm_optim.list_optimizers(pattern)
     if _has_wildcard(pattern):
@@ -181,24 +239,12 @@ def _timm_class_path(info: Any) -> str:
 
 
 def _import(module_name: str) -> ModuleType:
-    """Import a module; a missing package is `MissingDependency`, a missing module of an installed one a user error."""
-    top = module_name.split(".")[0]
+    """Import an optimizer's module: `MissingDependency` for an absent package, `BrokenImport` for one that raises
+    while importing, `UnknownOptimizerError` for a module an installed package does not have."""
     try:
-        return quiet_import(module_name)  # what it prints goes to the records' env, not the terminal
+        return import_module(module_name)
     except ModuleNotFoundError as exc:
-        missing = exc.name or top
-        if missing == top:
-            package = pip_name(top)
-            raise MissingDependency(f"{package} is not installed: pip install {package}", package=package) from exc
-        if module_name == missing or module_name.startswith(missing + "."):
-            raise UnknownOptimizerError(_unknown_module(missing)) from exc
-        package = pip_name(missing)
-        raise MissingDependency(
-            f"{top} cannot be imported because {package} is not installed: pip install {package}", package=package
-        ) from exc
-    except ImportError as exc:
-        package = pip_name(top)
-        raise MissingDependency(f"{package} cannot be imported: {exc}", package=package) from exc
+        raise UnknownOptimizerError(_unknown_module(exc.name or module_name)) from exc
 
 
 def _unknown_module(missing: str) -> str:

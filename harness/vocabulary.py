@@ -29,16 +29,21 @@ Reason = Literal[
     "invalid_value",
     "missing_dependency",
     "weights_only_load",
+    "import_error",
     "other",
 ]
 """Why a failing cell failed, classified from its exception (`harness.classify`).
 
+`import_error`: the package (or a builder's module) is installed but raises while importing, what a torch
+upgrade does to a compiled extension; an absent package is `missing_dependency` and its cells are skipped.
 `weights_only_load`: the optimizer's `state_dict()` loads only with `torch.load(weights_only=False)`
 (the `resume` scenario), which `torch.load` no longer does by default.
 """
 
-Verdict = Literal["lost", "regression", "fixed", "changed", "slower", "new", "not_run", "as_expected"]
-"""A cell's outcome judged against the baseline, most severe first. `lost`: selected but left no record."""
+Verdict = Literal["lost", "regression", "not_run", "fixed", "changed", "slower", "new", "no_device", "as_expected"]
+"""A cell's outcome judged against the baseline, most severe first. `lost`: selected but left no record.
+`not_run`: it ran in the baseline and did not run now (its package is gone); `no_device`: skipped for what this
+machine lacks (its device), while the baseline holds another machine's outcome."""
 
 Scenario = Literal["train", "groups", "resume", "amp", "schedule", "compile"]
 """What a framework does around the optimizer (the `scenarios` axis); `train` is the plain loop, the default."""
@@ -56,8 +61,11 @@ BUILDERS: tuple[Builder, ...] = get_args(Builder)
 DTYPES: tuple[Dtype, ...] = get_args(Dtype)
 SCENARIOS: tuple[Scenario, ...] = get_args(Scenario)
 
-GATE_FAILING: frozenset[Verdict] = frozenset({"lost", "regression", "fixed", "changed", "slower"})
-"""Verdicts that fail the gate (exit status 1)."""
+GATE_FAILING: frozenset[Verdict] = frozenset({"lost", "regression", "not_run", "fixed", "changed", "slower"})
+"""Verdicts that fail the gate (exit status 1); `--strict` adds `new` (`STRICT_FAILING`)."""
+
+STRICT_FAILING: frozenset[Verdict] = GATE_FAILING | {"new"}
+"""Verdicts that fail the gate under `--strict`, for CI that commits its baseline: a cell nobody accepted fails."""
 
 STEPPED: frozenset[Status] = frozenset({"ok", "no_learning", "nonfinite", "mismatch"})
 """Statuses of a cell whose optimizer took its steps: these cells are benchmarked."""

@@ -11,6 +11,7 @@ import torch
 
 from harness.errors import HarnessError, UnknownOptimizerError
 from harness.resolve import (
+    BrokenImport,
     MissingDependency,
     expand_optimizer,
     optimizer_package_versions,
@@ -119,7 +120,7 @@ def test_a_missing_package_resolves_to_missing_dependency_with_the_pip_name():
     assert isinstance(caught.value, HarnessError)
 
 
-def test_a_package_whose_own_dependency_is_missing_names_that_dependency(fake_package, monkeypatch):
+def test_an_installed_package_whose_own_dependency_is_missing_is_broken_and_names_it(fake_package, monkeypatch):
     def find_module(name, *args, **kwargs):
         if name == "fakeopt.needs":
             raise ModuleNotFoundError("No module named 'scipy'", name="scipy")
@@ -129,9 +130,10 @@ def test_a_package_whose_own_dependency_is_missing_names_that_dependency(fake_pa
 
     real_import = importlib.import_module
     monkeypatch.setattr(importlib, "import_module", find_module)
-    with pytest.raises(MissingDependency, match="fakeopt cannot be imported because scipy is not installed") as caught:
+    # Installed but not importable is what an upgrade that broke the package looks like: a failure, never a skip.
+    with pytest.raises(BrokenImport, match=r"fakeopt is installed but cannot be imported: it needs scipy") as caught:
         resolve_optimizer("fakeopt.needs.Opt")
-    assert caught.value.package == "scipy"
+    assert caught.value.package == "fakeopt" and "pip install scipy" in str(caught.value)
 
 
 def test_unknown_class_in_an_installed_package_names_the_close_ones():

@@ -113,11 +113,20 @@ def test_a_cell_without_a_baseline_entry_is_new_and_passes(status):
 
 
 @pytest.mark.parametrize("was", ["ok", *FAILING])
-def test_skipped_now_after_a_real_outcome_is_not_run_and_passes(was):
+def test_skipped_for_an_absent_device_after_a_real_outcome_is_no_device_and_passes(was):
     now = record("skipped", "unsupported_device", error_message="Device cuda is not available.")
     v = verdict_of(now, BaselineEntry(was))
-    assert v.verdict == "not_run" and not v.fails_gate
+    assert v.verdict == "no_device" and not v.fails_gate
     assert "cuda is not available" in v.detail
+
+
+@pytest.mark.parametrize("was", ["ok", *FAILING])
+def test_a_package_gone_after_a_real_outcome_is_not_run_and_fails_the_gate(was):
+    message = "bitsandbytes is not installed: pip install bitsandbytes"
+    now = record("skipped", "missing_dependency", error_message=message)
+    v = verdict_of(now, BaselineEntry(was))
+    assert v.verdict == "not_run" and v.fails_gate
+    assert v.cause == "bitsandbytes is not installed"
 
 
 def test_skipped_both_times_is_as_expected():
@@ -209,6 +218,7 @@ def test_after_accepting_a_run_every_failing_verdict_goes_away(before, after):
         accept(after, Path(folder))
         second = judge(after, load_baselines(after, Path(folder)), speedup_tolerance=0.2)
     assert not gate_failed(second)
-    # Only a skipped cell can still differ (accept keeps the last real outcome), and it never fails the gate.
-    assert all(v.verdict in ("as_expected", "not_run") for v in second)
+    # Only a cell skipped for its device can still differ (accept keeps the other machine's outcome), and it
+    # never fails the gate; a package gone is accepted as gone.
+    assert all(v.verdict in ("as_expected", "no_device") for v in second)
     assert len(first) == len(after)
