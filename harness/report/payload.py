@@ -60,6 +60,7 @@ def payload(records: Sequence[Record], verdict_of: Mapping[str, Verdict]) -> dic
             "kwargs": record.kwargs,
             "dropped": record.dropped_kwargs,
             "absorbed": record.absorbed_kwargs,
+            "process_changes": record.process_changes,
             "losses": [round6(x) for x in record.losses],
             "initial_loss": round6(record.initial_loss),
             "final_loss": round6(record.final_loss),
