@@ -12,7 +12,7 @@ from typing import Any
 
 from harness.measurements import BenchResult, Environment
 from harness.vocabulary import REASONS, SCENARIOS, STATUSES
-from harness.wording import unknown
+from harness.wording import MESSAGE_LIMIT, NAME_LIMIT, TRACEBACK_LIMIT, safe_text, unknown
 
 AXES = ("optimizer", "device", "dtype", "kwargs", "builder", "scenario")
 """Singular axis names, as `exclude`/`include` entries key them (`kwargs` names a variant)."""
@@ -140,6 +140,23 @@ class Record:
             object.__setattr__(self, "bench", BenchResult.from_dict(self.bench))
         if isinstance(self.env, Mapping):
             object.__setattr__(self, "env", Environment.from_dict(self.env))
+        # Texts from an exception or an optimizer are made safe once, here, as they enter a record (or are read
+        # back from an older results file): the results file, every report and the terminal get clean text.
+        limits = (
+            ("error_type", NAME_LIMIT),
+            ("error_message", MESSAGE_LIMIT),
+            ("traceback", TRACEBACK_LIMIT),
+            ("judgement", MESSAGE_LIMIT),
+        )
+        for name, limit in limits:
+            if isinstance(value := getattr(self, name), str):
+                object.__setattr__(self, name, safe_text(value, limit=limit))
+        if isinstance(self.measurement_errors, Mapping):
+            errors = {k: safe_text(v) if isinstance(v, str) else v for k, v in self.measurement_errors.items()}
+            object.__setattr__(self, "measurement_errors", errors)
+        if isinstance(self.process_changes, (list, tuple)):
+            changes = [safe_text(v) if isinstance(v, str) else v for v in self.process_changes]
+            object.__setattr__(self, "process_changes", changes)
 
     @classmethod
     def for_cell(cls, cell: Cell, status: str, **fields: Any) -> Record:

@@ -23,13 +23,16 @@ def append_record(path: Path, record: Record) -> None:
     Several pytest-xdist workers append to the same file: each line goes out in one `write` on an
     `O_APPEND` descriptor under an exclusive lock, so lines never interleave. Once `write` returns the
     line is the kernel's, so `kill -9` of the run loses nothing already reported (only a power cut
-    could, and an fsync per cell would cost more than the cell's own bookkeeping).
+    could, and an fsync per cell would cost more than the cell's own bookkeeping). A results file that
+    is a symbolic link is refused: no record is appended through it into another file.
     """
     line = (record.to_json() + "\n").encode()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
+        if Path(path).is_symlink():
+            raise HarnessError(_linked_results(Path(path), "append records to")) from exc
         raise HarnessError(
             f"Cannot write results to {path}: {exc.strerror}. Choose a writable --out directory."
         ) from exc
@@ -104,7 +107,12 @@ def scan_records(path: Path) -> tuple[list[Record], list[tuple[int, str]]]:
 
 
 def repair_torn_tail(path: Path) -> int:
-    """Cut a last line that a killed run left unfinished, so the next append starts a line; bytes cut."""
+    """Cut a last line that a killed run left unfinished, so the next append starts a line; bytes cut.
+
+    `--resume` calls it first: a results file that is a symbolic link is refused here, before any cell runs.
+    """
+    if Path(path).is_symlink():
+        raise HarnessError(_linked_results(Path(path), "resume into"))
     try:
         with open(path, "rb+") as handle:
             data = handle.read()
@@ -117,6 +125,16 @@ def repair_torn_tail(path: Path) -> int:
         return 0
     except OSError as exc:
         raise HarnessError(f"Cannot repair the results file {path}: {exc.strerror}.") from exc
+
+
+def _linked_results(path: Path, action: str) -> str:
+    """The sentence refusing a results file that is a symbolic link (it would write into the file it names)."""
+    target = os.readlink(path)
+    return (
+        f"Refusing to {action} {path}: it is a symbolic link to {target}, and a run writes its records only into a "
+        f"results file of its own. Replace the link with a copy (`cp --remove-destination {path.resolve()} {path}`)"
+        " and run again, or run without --resume to start a fresh results file."
+    )
 
 
 def lock_out_dir(out_dir: Path) -> int:

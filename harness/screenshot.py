@@ -6,6 +6,9 @@ import os
 import shutil
 from pathlib import Path
 
+from harness.errors import HarnessError
+from harness.report.files import write_atomically
+
 CHROMIUM = Path("/usr/bin/chromium")
 """Debian's Chromium: Playwright's own browser download cannot be relied on (offline CI machines)."""
 CHROMIUM_ENV = "HARNESS_CHROMIUM"
@@ -54,16 +57,19 @@ def take_screenshot(html_path: Path, png_path: Path, *, executable: Path | None 
     if not html_path.is_file():
         return f"The report {html_path} does not exist."
     try:
-        Path(png_path).parent.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(executable), args=list(LAUNCH_ARGS))
             try:
                 page = browser.new_page(viewport={"width": 1600, "height": 1000})
                 page.goto(html_path.as_uri(), wait_until="load", timeout=_TIMEOUT_MS)
-                page.screenshot(path=str(png_path), full_page=True, timeout=_TIMEOUT_MS)
+                png = page.screenshot(full_page=True, timeout=_TIMEOUT_MS)
             finally:
                 browser.close()
     except (PlaywrightError, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"Chromium at {executable} failed: {first_line}"
+    try:
+        write_atomically(Path(png_path), png)  # whole or not at all, as the report it shows
+    except HarnessError as exc:
+        return str(exc)
     return None

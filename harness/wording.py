@@ -6,13 +6,29 @@ Every stage that tells a user about a name it does not know says it the same way
 
 A message names its key path once, at the front (`` `dtypes[1]`: unknown dtype ... ``), so the part that
 says what is unknown never repeats where it is.
+
+`safe_text` is how any text from an exception or an optimizer enters a record: valid Unicode, no control
+characters, and capped, so the results file, every report and the terminal can take it.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+MESSAGE_LIMIT = 16 * 1024
+"""Characters kept of an exception's message, a judgement, or any one-part text a record carries."""
+TRACEBACK_LIMIT = 64 * 1024
+"""Characters kept of a traceback (its end, where the error is, gets most of them)."""
+NAME_LIMIT = 1024
+"""Characters kept of a name, such as an exception's type."""
+
+_ANSI = re.compile(r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")
+"""Terminal escape sequences (colours, cursor moves, a window title): formatting, dropped whole."""
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+"""Control characters but newline and tab, and lone surrogates (no UTF-8 encoder takes them)."""
 
 
 def quote(value: Any) -> str:
@@ -54,6 +70,40 @@ def first_line(message: str | None, *, limit: int = 200) -> str:
     lines = (message or "").strip().splitlines()
     line = lines[0].rstrip() if lines else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def safe_text(text: str, *, limit: int = MESSAGE_LIMIT) -> str:
+    """`text` fit to store, print and render: valid Unicode, no control characters but newline and tab, and
+    at most `limit` (64 or more) characters.
+
+    Terminal escape sequences are dropped and a carriage return ends a line; any other control character
+    becomes its escape (`\\x00`), a lone surrogate the byte it escaped (`\\xff`, from `surrogateescape`) or
+    `\\ufffd`. A longer text keeps its head and its tail (the larger part: a traceback's error is at its end)
+    around a line `... N characters cut ...`. Applying it twice changes nothing.
+    """
+    if len(text) <= limit:
+        cleaned = _clean(text)
+        if len(cleaned) <= limit:
+            return cleaned
+    keep = max(limit - 48, 2)  # room for the marker
+    head, tail = keep // 4, keep - keep // 4
+    return (
+        _clean(text[:head])[:head]
+        + f"\n... {len(text) - head - tail} characters cut ...\n"
+        + _clean(text[-tail:])[-tail:]
+    )
+
+
+def _clean(text: str) -> str:
+    text = _ANSI.sub("", text).replace("\r\n", "\n").replace("\r", "\n")  # a progress bar's `\r` starts a line
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, kept by `surrogateescape`
+        return f"\\x{code - 0xDC00:02x}"
+    return "\ufffd" if code >= 0xD800 else f"\\x{code:02x}"
 
 
 def close_matches(word: str, choices: Iterable[Any], *, n: int = 3, cutoff: float = 0.6) -> list[str]:

@@ -108,3 +108,82 @@ def test_a_second_run_into_the_same_directory_is_refused_with_a_sentence(tmp_pat
     (tmp_path / "file").write_text("")
     with pytest.raises(HarnessError, match="is a file; name a directory"):
         lock_out_dir(tmp_path / "file")
+
+
+def test_texts_enter_a_record_clean_and_capped_and_stay_so_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    cell = Cell("pkg.Opt", "cpu", "float32", "plain", {}, "direct")
+    message = "bad " + b"\xff".decode("utf-8", "surrogateescape") + " NUL\x00 " + "x" * 5_000_000 + " END"
+    append_record(
+        path,
+        Record.for_cell(
+            cell,
+            "step_error",
+            error_type="Weird\x1b[31mError",
+            error_message=message,
+            traceback="Traceback:\n" + message,
+            judgement="\x00" * 10,
+            measurement_errors={"bench": "oops\x00"},
+            process_changes=["patched\x07 torch.optim.AdamW"],
+        ),
+    )
+    assert path.stat().st_size < 200_000  # not the 10 MB the two texts were
+    (got,) = read_records(path)
+    assert got.error_type == "WeirdError"
+    assert got.error_message.startswith("bad \\xff NUL\\x00 x") and got.error_message.endswith("x END")
+    assert "characters cut" in got.error_message and "characters cut" in got.traceback
+    assert got.judgement == "\\x00" * 10
+    assert got.measurement_errors == {"bench": "oops\\x00"} and got.process_changes == [
+        "patched\\x07 torch.optim.AdamW"
+    ]
+    assert got == Record.from_dict(json.loads(got.to_json()))  # read back as written: cleaning is stable
+
+
+def test_an_older_results_file_holding_surrogates_reads_clean(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    line = record(1).to_json().replace('"error_message": null', '"error_message": "caf\\udcff\\u0000"')
+    path.write_text(line + "\n")
+    (got,) = read_records(path)
+    assert got.error_message == "caf\\xff\\x00"
+    got.error_message.encode("utf-8")
+
+
+def test_resume_refuses_a_results_file_that_is_a_symlink_and_names_its_target(tmp_path: Path) -> None:
+    other = tmp_path / "someone-elses.jsonl"
+    other.write_text(record(1).to_json() + "\n")
+    link = tmp_path / "out" / "results.jsonl"
+    link.parent.mkdir()
+    link.symlink_to(other)
+    with pytest.raises(
+        HarnessError, match=r"Refusing to resume into .*results\.jsonl: it is a symbolic link to .*someone-elses"
+    ):
+        repair_torn_tail(link)
+    with pytest.raises(HarnessError, match=r"Refusing to append records to .*results\.jsonl: it is a symbolic link"):
+        append_record(link, record(2))
+    assert other.read_text() == record(1).to_json() + "\n"  # nothing written through the link
+
+
+def test_run_resume_into_a_symlinked_results_file_exits_2_before_any_cell(tmp_path: Path, write_matrix, capsys) -> None:
+    from harness.cli import main
+
+    matrix = write_matrix(
+        """
+        optimizers: [torch.optim.SGD]
+        devices: [cpu]
+        dtypes: [float32]
+        kwargs: {plain: {}}
+        builders: [direct]
+        train: {steps: 3}
+        """
+    )
+    other = tmp_path / "elsewhere.jsonl"
+    other.write_text("")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.jsonl").symlink_to(other)
+    code = main(["run", str(matrix), "--out", str(out), "--baselines", str(out), "-n", "0", "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"Refusing to resume into {out / 'results.jsonl'}: it is a symbolic link to {other}" in err
+    assert "Traceback" not in err
+    assert other.read_text() == "" and (out / "results.jsonl").is_symlink()

@@ -14,10 +14,10 @@ from pathlib import Path
 import jinja2
 
 from harness.cells import Record
-from harness.errors import HarnessError
 from harness.measurements import GATE_SPEEDUP_KEYS
 from harness.report.benchviews import CHART_KEYS, speedup_groups
 from harness.report.environments import environments
+from harness.report.files import write_atomically
 from harness.report.formatting import VERDICT_SYMBOLS, fmt, script_json, size, status_counts, status_symbol
 from harness.report.layout import filters, matrix
 from harness.report.payload import payload
@@ -83,19 +83,15 @@ def render_html(
 def write_reports(
     records: list[Record], verdicts: list[Verdict] | None, out_dir: Path, *, title: str
 ) -> dict[str, Path]:
-    """Write `report.html` and `summary.md` into out_dir, keyed by those names; failing to write raises."""
+    """Write `report.html` and `summary.md` into out_dir, keyed by those names; failing to write raises.
+
+    Each file is written whole or not at all (`write_atomically`): a failed write leaves the previous one.
+    """
     out_dir = Path(out_dir)
     outputs = {
         "report.html": (out_dir / "report.html", render_html(records, verdicts, title=title)),
         "summary.md": (out_dir / "summary.md", render_summary_md(records, verdicts)),
     }
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for path, text in outputs.values():
-            path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise HarnessError(
-            f"Cannot write the reports into {out_dir}: {exc.strerror or exc} ({exc.filename or out_dir}); "
-            "choose a writable folder."
-        ) from exc
+    for path, text in outputs.values():
+        write_atomically(path, text)
     return {name: path for name, (path, _) in outputs.items()}

@@ -22,10 +22,11 @@ class _Strings:
         self.items: list[str] = []
         self._index: dict[str, int] = {}
 
-    def ref(self, text: str | None) -> int | None:
+    def ref(self, text: str | None, *, tail_only: bool = False) -> int | None:
+        """The index of `text`; a traceback (`tail_only`) keeps only its end, where the error is."""
         if not text:
             return None
-        text = keep_tail(text)
+        text = keep_tail(text) if tail_only else text  # a record's texts are capped already (`safe_text`)
         if text not in self._index:
             self._index[text] = len(self.items)
             self.items.append(text)
@@ -56,7 +57,7 @@ def payload(records: Sequence[Record], verdict_of: Mapping[str, Verdict]) -> dic
             "reason": record.reason,
             "error_type": record.error_type,
             "message": strings.ref(record.error_message),
-            "traceback": strings.ref(record.traceback),
+            "traceback": strings.ref(record.traceback, tail_only=True),
             "kwargs": record.kwargs,
             "dropped": record.dropped_kwargs,
             "absorbed": record.absorbed_kwargs,
