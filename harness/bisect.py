@@ -6,13 +6,16 @@ binary-search the last release with OLD's outcome and the first with NEW's. Each
 cached environment (`harness.environments`): a wheel-only package is layered over the current
 interpreter and never reinstalls torch. Probes are shared: one probe runs every cell still searched.
 
-A release whose outcome is neither OLD's nor NEW's (it crashes, say, or cannot be installed) is
-reported as such, and the search says the change is not monotone there.
+The search assumes one change. When the releases probed (for any cell: probes are shared) show a cell's
+outcome changing more than once, or a third outcome (a crash, say, or a release that cannot be installed),
+its answer says it is not monotone (`monotone: false`), names each change, and `bisect.md` lists every
+probed release with its outcome.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import subprocess
@@ -34,6 +37,7 @@ from harness.environments import (
     find_environment,
 )
 from harness.errors import HarnessError
+from harness.report.files import write_atomically
 
 NOT_INSTALLABLE = "not_installable"
 """The outcome of a release pip cannot install here (then no cell of it ran)."""
@@ -63,7 +67,11 @@ class CellBisection:
     first_new: str | None
     tried: dict[str, str]
     """version -> outcome, for every release probed, in release order."""
+    monotone: bool = True
+    """Whether the probed outcomes, in release order, change once (from OLD's to NEW's); releases not probed
+    may still hide more changes."""
     note: str = ""
+    """Why the answer is not monotone, naming each change among the probed releases; "" when it is."""
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as `bisect.json` writes them (`from_` is `from` there)."""
@@ -89,10 +97,8 @@ class Probes:
 # --- the search (pure, given the probes) ----------------------------------------------------------------
 
 
-def bisect_cell(
-    cell: str, versions: Sequence[str], probes: Probes, still: Sequence[str]
-) -> tuple[str | None, str | None, str]:
-    """(last release with OLD's outcome, first with NEW's, note) for one cell over `versions`.
+def bisect_cell(cell: str, versions: Sequence[str], probes: Probes, still: Sequence[str]) -> tuple[str, str]:
+    """(last release with OLD's outcome, first with NEW's) for one cell over `versions`.
 
     `versions[0]` is OLD and `versions[-1]` NEW, both already probed. The first search assumes the old
     outcome holds up to some release and then stops; the second, when the release after that one does
@@ -107,12 +113,25 @@ def bisect_cell(
     first = last_old + 1
     if outcome(first) != new:  # a third outcome sits at the boundary: find where NEW's begins
         first = _boundary(first, len(versions) - 1, lambda index: outcome(index) == new)
-    tried = {v: probes.seen[v][cell] for v in versions if cell in probes.seen.get(v, {})}
-    odd = [f"{v} has {o}" for v, o in tried.items() if o not in (old, new)]
-    note = ""
+    return versions[last_old], versions[first]
+
+
+def monotony(tried: Mapping[str, str]) -> tuple[bool, str]:
+    """(whether the outcomes, in release order, change just once; else a note naming each change).
+
+    `tried` maps each probed release, oldest first, to the cell's outcome there; the first is OLD, the last NEW.
+    """
+    versions = list(tried)
+    changes = [(a, b) for a, b in itertools.pairwise(versions) if tried[a] != tried[b]]
+    if len(changes) <= 1:
+        return True, ""
+    old, new = versions[0], versions[-1]
+    named = "; ".join(f"{a} -> {b}: {tried[a]} -> {tried[b]}" for a, b in changes)
+    note = f"not monotone: the probed outcomes change {len(changes)} times ({named})"
+    odd = list(dict.fromkeys(o for o in tried.values() if o not in (tried[old], tried[new])))
     if odd:
-        note = f"not monotone: {'; '.join(odd)} (neither {versions[0]}'s outcome nor {versions[-1]}'s)"
-    return versions[last_old], versions[first], note
+        note += f"; {', '.join(odd)} is neither {old}'s outcome nor {new}'s"
+    return False, note + ". last_old and first_new are the change the search met; releases not probed may hide more."
 
 
 def _boundary(lo: int, hi: int, changed: Callable[[int], bool]) -> int:
@@ -137,9 +156,11 @@ def bisect(
     for cell in differing:  # a cell absent at one end but present at the other still has an outcome: lost
         probes.seen[old].setdefault(cell, LOST)
         probes.seen[new].setdefault(cell, LOST)
+    boundaries = {cell: bisect_cell(cell, versions, probes, differing) for cell in differing}
     answers = []
-    for cell in differing:
-        last_old, first_new, note = bisect_cell(cell, versions, probes, differing)
+    for cell, (last_old, first_new) in boundaries.items():  # after every search: each sees all the probes
+        tried = {v: probes.seen[v][cell] for v in versions if cell in probes.seen.get(v, {})}
+        monotone, note = monotony(tried)
         answers.append(
             CellBisection(
                 cell=cell,
@@ -150,7 +171,8 @@ def bisect(
                 outcome_to=probes.seen[new][cell],
                 last_old=last_old,
                 first_new=first_new,
-                tried={v: probes.seen[v][cell] for v in versions if cell in probes.seen.get(v, {})},
+                tried=tried,
+                monotone=monotone,
                 note=note,
             )
         )
@@ -309,14 +331,9 @@ def bisect_command(args: argparse.Namespace) -> int:
 
 
 def write_bisect(out: Path, answers: Sequence[CellBisection], summary: Mapping[str, Any]) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bisect.json").write_text(json.dumps([a.to_dict() for a in answers], indent=2) + "\n")
-        (out / "bisect.md").write_text(render_markdown(answers, summary))
-    except OSError as exc:
-        raise HarnessError(
-            f"Cannot write the bisect results into {out}: {exc.strerror}; choose a writable --out."
-        ) from exc
+    """`bisect.json` and `bisect.md` in `out`, each written whole or not at all."""
+    write_atomically(out / "bisect.json", json.dumps([a.to_dict() for a in answers], indent=2) + "\n")
+    write_atomically(out / "bisect.md", render_markdown(answers, summary))
 
 
 def _headline(summary: Mapping[str, Any]) -> str:
@@ -356,4 +373,12 @@ def render_markdown(answers: Sequence[CellBisection], summary: Mapping[str, Any]
         ends = f"{a.outcome_from} | {a.outcome_to} | {a.last_old or '—'} | **{a.first_new or '—'}**"
         lines.append(f"| `{a.cell}` | {ends} | {tried} |")
     lines += ["", *[f"- `{a.cell}`: {a.note}" for a in answers if a.note]]
+    for a in answers:
+        if not a.monotone:
+            lines += ["", f"## Not monotone: `{a.cell}`", "", "| release | outcome |", "| --- | --- |"]
+            previous = None
+            for version, outcome in a.tried.items():
+                changed = previous is not None and outcome != previous
+                lines.append(f"| {version} | {f'**{outcome}** (changed)' if changed else outcome} |")
+                previous = outcome
     return "\n".join(lines) + "\n"

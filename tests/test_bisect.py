@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.bisect import BisectInputError, Probes, bisect, releases_between, select_cells
+from harness.bisect import BisectInputError, Probes, bisect, releases_between, select_cells, write_bisect
 from harness.cells import Cell
 from harness.cli import main
 from tests.releases import BROKEN_FROM, MATRIX, RELEASES, use_local_index
@@ -33,7 +33,7 @@ def test_bisect_finds_the_first_release_with_the_new_outcome_in_log2_probes(firs
     (answer,) = answers
     assert (answer.last_old, answer.first_new) == (VERSIONS[first_broken - 1], VERSIONS[first_broken])
     assert (answer.outcome_from, answer.outcome_to) == ("ok", "step_error (other)")
-    assert unchanged == [] and answer.note == ""
+    assert unchanged == [] and answer.note == "" and answer.monotone
     assert len(calls) == len(set(calls)) <= math.ceil(math.log2(len(VERSIONS) - 1)) + 2
     assert list(answer.tried) == sorted(answer.tried, key=VERSIONS.index)
 
@@ -46,6 +46,47 @@ def test_a_third_outcome_is_reported_and_the_search_still_ends() -> None:
     assert answer.last_old == "0.4"
     assert answer.first_new == "0.8"
     assert "not monotone" in answer.note and "crashed" in answer.note
+    assert not answer.monotone
+
+
+def test_outcomes_that_flip_back_are_reported_not_monotone_with_every_probed_release(tmp_path: Path) -> None:
+    # `y` breaks once, at 0.2; `x` breaks at 0.2, works again at 0.4, breaks for good at 0.6. The probes `y`'s
+    # search asks for show `x` flipping, though `x`'s own search met only its last change.
+    versions = VERSIONS[:9]
+    broken = "step_error (other)"
+
+    def run(version: str, cells: Sequence[str]) -> dict[str, str]:
+        i = versions.index(version)
+        x_works = i < 2 or 4 <= i < 6
+        return {c: "ok" if (i < 2 if c == "y" else x_works) else broken for c in cells}
+
+    answers, _ = bisect("pkg", versions, ["y", "x"], Probes(run))
+    y, x = answers
+    assert (y.monotone, y.note, y.first_new) == (True, "", "0.2")
+    assert (x.monotone, x.last_old, x.first_new) == (False, "0.5", "0.6")
+    assert x.tried == {"0.0": "ok", "0.1": "ok", "0.2": broken, "0.4": "ok", "0.5": "ok", "0.6": broken, "0.8": broken}
+    assert x.note.startswith(
+        f"not monotone: the probed outcomes change 3 times (0.1 -> 0.2: ok -> {broken}; 0.2 -> 0.4: {broken} -> ok; "
+        f"0.5 -> 0.6: ok -> {broken})"
+    )
+
+    summary = {"package": "pkg", "from": "0.0", "to": "0.8", "releases": versions, "cells": 2, "unchanged": 0}
+    write_bisect(tmp_path, answers, {**summary, "probed": list(x.tried), "environments_built": 0, "wall_s": 0.0})
+    written = {a["cell"]: a for a in json.loads((tmp_path / "bisect.json").read_text())}
+    assert (written["x"]["monotone"], written["y"]["monotone"]) == (False, True)
+    assert list(written["x"]["tried"]) == list(x.tried) and written["x"]["note"] == x.note
+    md = (tmp_path / "bisect.md").read_text()
+    section = md.split("## Not monotone: `x`\n", 1)[1]
+    assert "## Not monotone: `y`" not in md
+    assert section.split("\n")[3:10] == [
+        "| 0.0 | ok |",
+        "| 0.1 | ok |",
+        f"| 0.2 | **{broken}** (changed) |",
+        "| 0.4 | **ok** (changed) |",
+        "| 0.5 | ok |",
+        f"| 0.6 | **{broken}** (changed) |",
+        f"| 0.8 | {broken} |",
+    ]
 
 
 def test_cells_with_the_same_outcome_at_both_ends_are_not_searched() -> None:
