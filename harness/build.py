@@ -23,6 +23,7 @@ import torch
 from harness.checks import check_builder
 from harness.classify import classify_error
 from harness.errors import HarnessError
+from harness.frameworks import Conventions
 from harness.resolve import ResolvedOptimizer, import_module, resolve_optimizer
 from harness.vocabulary import ACCELERATION_HINTS
 from harness.wording import quote, unknown
@@ -50,6 +51,8 @@ class Built:
     optimizer: torch.optim.Optimizer
     dropped_kwargs: list[str] = field(default_factory=list)
     absorbed_kwargs: list[str] = field(default_factory=list)
+    conventions: Conventions | None = None
+    """How the framework that built it trains it (a framework adapter says); None: `default_conventions`."""
 
 
 def build(

@@ -128,6 +128,9 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
     environment: str = ""
     """The named environment (matrix `environments:`) the cell ran in; "" for the current interpreter."""
+    built: dict[str, Any] | None = None
+    """What the builder really returned: `class` (its import path), `kwargs` (each param group's effective
+    settings, no tensors) and `conventions` (how the loop trained it: closure, train/eval, layerwise hooks)."""
     measurement_errors: dict[str, str] = field(default_factory=dict)
     """What failed while measuring (`state_bytes`, `peak_memory`, `bench`, ...): never the cell's status."""
     process_changes: list[str] = field(default_factory=list)

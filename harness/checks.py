@@ -82,9 +82,12 @@ def check_numeric_kwargs(kwargs: dict[str, Any]) -> str | None:
 
 def check_builder(builder: str) -> str | None:
     """Why `builder` is not a builder name (a sentence), or None when its form is right."""
-    if builder in BUILDERS or BUILDER_FUNCTION.fullmatch(builder):
+    from harness.frameworks import framework_names, is_framework
+
+    if builder in BUILDERS or BUILDER_FUNCTION.fullmatch(builder) or is_framework(builder):
         return None
-    return unknown("builder", builder, BUILDERS, also=", or a function written as 'package.module:function'")
+    known = [*BUILDERS, *framework_names()]
+    return unknown("builder", builder, known, also=", or a function written as 'package.module:function'")
 
 
 def check_dtype(dtype: str) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import platform
+import re
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -23,15 +24,31 @@ from harness.cells import DEFAULT_SCENARIO, Cell, Record
 from harness.classify import classify_error
 from harness.dtypes import parse_dtype
 from harness.errors import HarnessError
+from harness.frameworks import (
+    FrameworkAdapter,
+    class_path,
+    default_conventions,
+    framework_prefix,
+    group_settings,
+    is_framework,
+)
 from harness.gpt import GPT, build_gpt, synthetic_batch
 from harness.measurements import BenchResult, Environment
 from harness.memory import device_name, state_bytes
 from harness.quiet import import_messages
-from harness.resolve import MissingDependency, ResolvedOptimizer, optimizer_package_versions, resolve_optimizer
+from harness.resolve import (
+    MissingDependency,
+    ResolvedOptimizer,
+    load_framework,
+    optimizer_package_versions,
+    package_version,
+    resolve_optimizer,
+)
 from harness.scenarios import Context, Scenario, get_scenario
 from harness.scenarios.base import judge_loss
 from harness.settings import Settings
 from harness.vocabulary import STEPPED
+from harness.wording import first_line
 
 __all__ = ["construct", "judge_loss", "measure", "prepare", "run_cell", "train_and_judge"]
 
@@ -44,13 +61,16 @@ class Prepared:
 
     cell: Cell
     settings: Settings
-    resolved: ResolvedOptimizer
+    resolved: ResolvedOptimizer | None
+    """None for a framework's own name (`transformers:adamw_torch`): only the framework knows what it builds."""
     dtype: torch.dtype
     scenario: Scenario
     model: GPT
     inputs: torch.Tensor
     targets: torch.Tensor
     env: Environment
+    adapter: FrameworkAdapter | None = None
+    """The framework adapter the cell's builder names, which builds from the model itself."""
 
     @property
     def num_params(self) -> int:
@@ -61,6 +81,8 @@ class Prepared:
 
     def rebuild(self, params: Any, overrides: Mapping[str, Any] | None = None) -> torch.optim.Optimizer:
         """Another optimizer through the cell's builder and kwargs (plus `overrides`) over `params`."""
+        if self.adapter is not None or self.resolved is None:
+            raise HarnessError(f"The {self.cell.builder} builder builds from the model, not from parameters.")
         kwargs = {**self.cell.kwargs, **(overrides or {})}
         return build(self.cell.builder, self.resolved, params, kwargs, device=self.cell.device).optimizer
 
@@ -93,13 +115,14 @@ def run_cell(cell: Cell, settings: Settings) -> Record:
             return constructed
         record = train_and_judge(prepared, constructed, finish)
     # step speed does not depend on the loss verdict: every cell whose steps ran is benchmarked
-    if record.status in STEPPED and cell.scenario == DEFAULT_SCENARIO and settings.bench.selects(cell):
+    benchable = prepared.adapter is None and prepared.resolved is not None
+    if record.status in STEPPED and cell.scenario == DEFAULT_SCENARIO and benchable and settings.bench.selects(cell):
         from harness.bench import run_bench
 
         errors = dict(record.measurement_errors)
         try:
             with exclusive.exclusive(bound=settings.bench.timeout_s):  # timed alone, no other cell training
-                bench = run_bench(prepared.resolved, cell, settings)
+                bench = run_bench(prepared.resolved, cell, settings)  # type: ignore[arg-type]  # benchable
         except exclusive.MachineBusy as exc:
             bench = BenchResult(not_measured=str(exc))
         except Exception as exc:  # the benchmark's own failure never changes what training showed
@@ -131,12 +154,16 @@ def prepare(cell: Cell, settings: Settings, finish: _Finisher) -> Prepared | Rec
     try:
         dtype = parse_dtype(cell.dtype)
         scenario = get_scenario(cell.scenario)
-        resolved = resolve_optimizer(cell.optimizer)
+        adapter = load_framework(cell.builder) if is_framework(cell.builder) else None
+        resolved = None if framework_prefix(cell.optimizer) else resolve_optimizer(cell.optimizer)
     except MissingDependency as exc:
         return finish("skipped", reason="missing_dependency", error_type=type(exc).__name__, error_message=str(exc))
-    except HarnessError as exc:  # a name the matrix should not have let through: recorded, not lost
+    except HarnessError as exc:  # a name the matrix should not have let through, or a broken import: recorded
         return finish("construct_error", **_error_fields(exc, cell))
-    finish.env = environment(cell.device, resolved)
+    finish.env = environment(cell.device, resolved, adapter)
+    if adapter is not None and cell.scenario != DEFAULT_SCENARIO:
+        why = f"the {adapter.name} builder builds from the model and runs the {DEFAULT_SCENARIO} scenario only"
+        return finish("skipped", error_message=why)
     torch.manual_seed(settings.train.seed)
     torch.set_num_threads(settings.train.threads)
     if cell.device.startswith("cuda"):
@@ -146,7 +173,7 @@ def prepare(cell: Cell, settings: Settings, finish: _Finisher) -> Prepared | Rec
         inputs, targets = synthetic_batch(settings.model, settings.train.batch_size, settings.train.seed, cell.device)
     except Exception as exc:  # the device cannot hold the model in this dtype: no optimizer is at fault
         return finish("skipped", **_error_fields(exc, cell))
-    return Prepared(cell, settings, resolved, dtype, scenario, model, inputs, targets, finish.env)
+    return Prepared(cell, settings, resolved, dtype, scenario, model, inputs, targets, finish.env, adapter)
 
 
 def construct(prepared: Prepared, finish: _Finisher) -> tuple[Built, float] | Record:
@@ -154,13 +181,33 @@ def construct(prepared: Prepared, finish: _Finisher) -> tuple[Built, float] | Re
     cell = prepared.cell
     started = time.perf_counter()
     try:
-        params = prepared.scenario.params(prepared.model)
-        built = build(cell.builder, prepared.resolved, params, cell.kwargs, device=cell.device)
+        if prepared.adapter is not None:
+            built = build_with_framework(prepared.adapter, cell, prepared.model)
+        else:
+            params = prepared.scenario.params(prepared.model)
+            built = build(cell.builder, prepared.resolved, params, cell.kwargs, device=cell.device)  # type: ignore[arg-type]
     except MissingDependency as exc:
         return finish("skipped", reason="missing_dependency", error_type=type(exc).__name__, error_message=str(exc))
     except BaseException as exc:  # an optimizer raising SystemExit in __init__ is a result too
         return finish("construct_error", **_error_fields(exc, cell), num_params=prepared.num_params)
     return built, time.perf_counter() - started
+
+
+_MISSING = re.compile(r"ModuleNotFoundError|failed to import|(please|need to) install|is not installed", re.I)
+"""How frameworks say that an optional package an optimizer name needs is absent (Hugging Face: "You need to
+install `schedulefree`", "Trainer failed to import syncfree AdamW from torch_xla")."""
+
+
+def build_with_framework(adapter: FrameworkAdapter, cell: Cell, model: GPT) -> Built:
+    """The framework builds the optimizer from the model; an optional package it says to install skips the cell."""
+    try:
+        made = adapter.build(cell.optimizer, model, cell.kwargs)
+    except Exception as exc:
+        if isinstance(exc, HarnessError) or not _MISSING.search(f"{type(exc).__name__}: {exc}"):
+            raise
+        package = getattr(exc, "name", None) or adapter.distribution
+        raise MissingDependency(f"{adapter.name}: {first_line(str(exc))}", package=package) from exc
+    return Built(made.optimizer, made.dropped_kwargs, made.absorbed_kwargs, conventions=made.conventions)
 
 
 def train_and_judge(prepared: Prepared, constructed: tuple[Built, float], finish: _Finisher) -> Record:
@@ -184,6 +231,7 @@ def train_and_judge(prepared: Prepared, constructed: tuple[Built, float], finish
         losses=losses,
         rebuild=prepared.rebuild,
         fresh_model=prepared.fresh_model,
+        conventions=built.conventions,
     )
     started = time.perf_counter()
     try:
@@ -199,6 +247,7 @@ def train_and_judge(prepared: Prepared, constructed: tuple[Built, float], finish
         )
     steps_s = outcome.steps_s if outcome.steps_s is not None else time.perf_counter() - started
     errors: dict[str, str] = {}
+    what = measure("built", errors, lambda: built_description(built))
     state = measure("state_bytes", errors, lambda: state_bytes(built.optimizer))
     peak = None
     if cell.device.startswith("cuda"):
@@ -216,8 +265,19 @@ def train_and_judge(prepared: Prepared, constructed: tuple[Built, float], finish
         state_bytes=state,
         state_bytes_per_param=state / prepared.num_params if state is not None and prepared.num_params else None,
         peak_memory_bytes=peak,
+        built=what,
         measurement_errors=errors,
     )
+
+
+def built_description(built: Built) -> dict[str, Any]:
+    """The record's `built`: the class the builder returned, its groups' settings, the loop's conventions."""
+    conventions = built.conventions or default_conventions(built.optimizer)
+    return {
+        "class": class_path(built.optimizer),
+        "kwargs": group_settings(built.optimizer),
+        "conventions": conventions.describe(),
+    }
 
 
 def _finite_numbers(value: Any) -> Any:
@@ -252,9 +312,13 @@ def device_absence(device: str) -> tuple[str | None, str] | None:
     return None if present else (None, f"device {device!r} is not present on this machine.")
 
 
-def environment(device: str, resolved: ResolvedOptimizer | None) -> Environment:
-    """Where a record came from: python, torch, the optimizer packages' versions and the device's name."""
+def environment(
+    device: str, resolved: ResolvedOptimizer | None, adapter: FrameworkAdapter | None = None
+) -> Environment:
+    """Where a record came from: python, torch, the optimizer packages' and the framework's versions, the device."""
     return Environment(
+        framework=None if adapter is None else adapter.distribution,
+        framework_version=None if adapter is None else package_version(adapter.distribution),
         python=platform.python_version(),
         torch=torch.__version__,
         packages=optimizer_package_versions(),

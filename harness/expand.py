@@ -13,6 +13,7 @@ from typing import Any
 from harness.cells import AXES, Cell, check_scenario
 from harness.checks import check_builder, check_device, check_dtype
 from harness.errors import HarnessError, MatrixError
+from harness.frameworks import pairs
 from harness.spec import Matrix, OptimizerEntry
 from harness.wording import quote, unknown
 
@@ -57,6 +58,8 @@ def expand_matrix(matrix: Matrix, *, expand_optimizer: Expander | None = None) -
     originals = list(combinations)
     for index, rule in enumerate(matrix.include):
         combinations += _apply_include(matrix, members, originals, index, rule, expand)
+    # A framework's own names (`transformers:adamw_torch`) go only with its builder, and its builder only with them.
+    combinations = [c for c in combinations if pairs(c.values["optimizer"], c.values["builder"])]
     return _cells(matrix, combinations)
 
 

@@ -22,6 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from harness.errors import HarnessError, UnknownOptimizerError
+from harness.frameworks import FrameworkAdapter, framework_prefix, get_adapter
 from harness.quiet import quiet_import
 from harness.wording import quote, unknown
 
@@ -84,6 +85,14 @@ def import_module(module_name: str, *, what: str = "") -> ModuleType:
         raise BrokenImport(_broken(package, of, exc), package=package) from exc
 
 
+def load_framework(builder: str) -> FrameworkAdapter:
+    """The adapter a builder names, its framework imported: `MissingDependency` when the framework is not
+    installed, `BrokenImport` when it is but raises while importing."""
+    adapter = get_adapter(builder)
+    import_module(adapter.module, what=f"the framework of builder {quote(builder)}")
+    return adapter
+
+
 def _broken(package: str, of: str, exc: BaseException) -> str:
     version = package_version(package)
     installed = f"{package} {version}" if version else package
@@ -135,6 +144,8 @@ def expand_optimizer(name: str) -> list[str]:
     """
     if ":" in name:
         module_name, pattern = name.split(":", 1)
+        if framework_prefix(name) is not None:
+            return _expand_framework(name, module_name, pattern)
         if not module_name or not pattern:
             raise UnknownOptimizerError(
                 f"Optimizer family {name!r} needs the form 'module:PATTERN', e.g. 'torch.optim:*' or 'timm:*adam*'."
@@ -199,6 +210,23 @@ def _expand_module(name: str, module_name: str, pattern: str) -> list[str]:
     if not matched:
         raise UnknownOptimizerError(_unknown(pattern, classes, where=f"module {module_name!r}"))
     return [f"{module_name}.{c}" for c in matched]
+
+
+def _expand_framework(name: str, prefix: str, pattern: str) -> list[str]:
+    """`transformers:*`: the names the installed framework accepts; an explicit name stands as written (a release
+    that does not know it fails its cells, which is what `bisect` over the framework's releases looks for)."""
+    if not _has_wildcard(pattern):
+        return [name]
+    adapter = get_adapter(prefix)
+    try:
+        import_module(adapter.module)
+    except (MissingDependency, BrokenImport):
+        return [name]  # its cells are skipped (absent) or fail with import_error (broken) when they run
+    available = adapter.names()
+    matched = [n for n in available if fnmatch.fnmatchcase(n, pattern)]
+    if not matched:
+        raise UnknownOptimizerError(_unknown(pattern, available, where=f"{prefix}'s optimizer names"))
+    return [f"{prefix}:{n}" for n in matched]
 
 
 def _expand_timm(name: str, pattern: str) -> list[str]:

@@ -8,7 +8,16 @@ from typing import Any
 
 from harness.measurements._read import mapping, text
 
-_ENV_STR_KEYS = ("python", "torch", "device_name", "device", "optimizer_package", "optimizer_package_version")
+_ENV_STR_KEYS = (
+    "python",
+    "torch",
+    "device_name",
+    "device",
+    "optimizer_package",
+    "optimizer_package_version",
+    "framework",
+    "framework_version",
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,9 @@ class Environment:
     optimizer_package_version: str | None = None
     import_messages: Mapping[str, str] | None = None
     """What optimizer packages printed while they were imported, by module (`harness.quiet`)."""
+    framework: str | None = None
+    """The distribution of the framework adapter that built the optimizer (`transformers`), if one did."""
+    framework_version: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys of the JSON this version does not know, kept as read."""
 
@@ -47,13 +59,14 @@ class Environment:
             self.optimizer_package,
             self.optimizer_package_version,
             self.import_messages,
+            self.framework,
         )
         told = (self.python, self.torch, self.device)
         return all(value is None for value in full) and not self.extra and any(v is not None for v in told)
 
     def machine(self) -> dict[str, Any]:
         """The JSON of what every cell on one machine shares: without the keys that vary per cell."""
-        per_cell = ("optimizer_package", "optimizer_package_version", "device")
+        per_cell = ("optimizer_package", "optimizer_package_version", "device", "framework", "framework_version")
         return {key: value for key, value in self.to_dict().items() if key not in per_cell}
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +85,8 @@ class Environment:
             )
         if self.import_messages:
             env["import_messages"] = dict(self.import_messages)
+        if self.framework is not None:
+            env.update(framework=self.framework, framework_version=self.framework_version)
         return {**env, **self.extra}
 
     @classmethod

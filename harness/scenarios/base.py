@@ -17,6 +17,7 @@ from typing import Any, cast
 import torch
 
 from harness.cells import Cell
+from harness.frameworks import Conventions, default_conventions
 from harness.gpt import GPT
 from harness.settings import Settings
 from harness.vocabulary import Reason, Status
@@ -56,6 +57,8 @@ class Context:
     """Another optimizer through the cell's own builder and kwargs (plus overrides) over other parameters."""
     fresh_model: Callable[[], GPT]
     """Another GPT with the cell's seed, device and dtype: the same weights as `model` had at the start."""
+    conventions: Conventions | None = None
+    """How the framework that built the optimizer trains it; None: as frameworks train one they did not build."""
 
     @property
     def steps(self) -> int:
@@ -88,16 +91,23 @@ def take_steps(
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     before_step: StepHook | None = None,
     after_step: StepHook | None = None,
+    conventions: Conventions | None = None,
 ) -> float:
     """Take `steps` optimizer steps on one batch, appending each step's first loss to `losses`; the loss after.
 
-    Every step goes through a closure (LBFGS evaluates it several times; only its first loss is recorded).
+    The loop follows `conventions` (by default those a framework follows with this optimizer,
+    `harness.frameworks.default_conventions`): a closure only where the optimizer needs one (LBFGS evaluates it
+    several times; only its first loss is recorded), `optimizer.train()` before the steps and `optimizer.eval()`
+    before the loss after them where the optimizer has both, or the framework's own step function.
     A second-order optimizer (`optimizer.is_second_order`, e.g. timm's Adahessian) gets a graph of the
     gradients. `autocast` wraps each forward pass; `before_step(i)` / `after_step(i)` run around step i.
     Training stops early at the first loss that is not finite.
     """
+    conventions = conventions or default_conventions(optimizer)
     create_graph = bool(getattr(optimizer, "is_second_order", False))
     forward = autocast or contextlib.nullcontext
+    if conventions.train_eval:
+        optimizer.train()  # type: ignore[attr-defined]
     for index in range(steps):
         evaluations = 0
 
@@ -107,22 +117,32 @@ def take_steps(
             optimizer.zero_grad()
             with forward():
                 loss = model.loss(inputs, targets)
-            loss.backward(create_graph=create_graph)
             if evaluations == 0:
                 losses.append(loss.item())
             evaluations += 1
+            if conventions.step is not None:
+                conventions.step(optimizer, loss)  # the framework's own: the update happens in its backward
+            else:
+                loss.backward(create_graph=create_graph)
             return loss
 
         if before_step is not None:
             before_step(index)
         with second_order_context(create_graph):
-            optimizer.step(cast(Callable[[], float], closure))  # torch's stub says float; a tensor is usual
-        if evaluations == 0:
-            raise RuntimeError(f"{type(optimizer).__name__}.step(closure) never called the closure.")
+            if conventions.closure:
+                optimizer.step(cast(Callable[[], float], closure))  # torch's stub says float; a tensor is usual
+                if evaluations == 0:
+                    raise RuntimeError(f"{type(optimizer).__name__}.step(closure) never called the closure.")
+            else:
+                closure()  # zero_grad, forward, backward: a layerwise optimizer steps in its gradient hooks here
+                if conventions.step is None:
+                    optimizer.step()
         if after_step is not None:
             after_step(index)
         if not math.isfinite(losses[-1]):
             break  # judged `nonfinite` already; more steps on NaN only cost time (LBFGS: seconds)
+    if conventions.train_eval:
+        optimizer.eval()  # type: ignore[attr-defined]  # evaluation and checkpoints see the averaged weights
     return final_loss(model, inputs, targets, autocast=autocast)
 
 

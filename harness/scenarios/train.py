@@ -9,7 +9,9 @@ INVARIANT = "the loss falls by train.min_rel_drop over train.steps steps, and st
 
 
 def run(ctx: Context) -> Outcome:
-    last = take_steps(ctx.model, ctx.optimizer, ctx.inputs, ctx.targets, ctx.steps, ctx.losses)
+    last = take_steps(
+        ctx.model, ctx.optimizer, ctx.inputs, ctx.targets, ctx.steps, ctx.losses, conventions=ctx.conventions
+    )
     return conclude(ctx, ctx.losses, last, ctx.model, [], "", {})
 
 
