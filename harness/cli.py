@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
 from harness.pipeline import matrix_cells, render_and_gate, run_matrix
+from harness.workdir import check_working_directory
 
 if TYPE_CHECKING:
     from harness.cells import Record
@@ -42,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.command
     python_form, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     try:
+        check_working_directory()
         return command(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -325,8 +327,6 @@ def _run_label(records: list[Record], source: str) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    except OSError as exc:
-        raise HarnessError(f"Cannot write {path}: {exc.strerror}. Choose a writable --out.") from exc
+    from harness.report.files import write_atomically
+
+    write_atomically(path, text)  # a failed write leaves the previous report, and says so in one line

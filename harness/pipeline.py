@@ -41,12 +41,15 @@ def run_matrix(
 
     from harness.plugin import LOST_NAME, OUT_LOCK_ENV
     from harness.probe import CACHE_ENV
-    from harness.records import results_path
+    from harness.records import repair_torn_tail, results_path
 
     cache = out / ".expansion.json"
     cache.unlink(missing_ok=True)
     matrix_cells(matrix, shard, cache)  # a bad matrix or shard fails here, cleanly, before pytest starts
     (out / LOST_NAME).unlink(missing_ok=True)
+    # here, before pytest starts, so a results file --resume must not append to is one sentence
+    if resume and (cut := repair_torn_tail(results_path(out))):
+        print(f"{results_path(out)}: cut a torn last line ({cut} bytes) left by an interrupted run.", file=sys.stderr)
     args = [
         str(path),
         "-p",
@@ -128,8 +131,7 @@ def read_lost(path: Path) -> dict[str, str]:
 
 
 def print_lost(lost: dict[str, str]) -> None:
-    from harness.plugin import strip_control
-    from harness.wording import first_line
+    from harness.wording import first_line, strip_control
 
     for cell_id, error in list(lost.items())[:20]:
         print(f"lost: {cell_id}: {first_line(strip_control(error))}")
@@ -152,11 +154,11 @@ def render_and_gate(
     `strict`: a cell with no accepted outcome (`new`) fails the gate too.
     """
     from harness.baseline import load_baseline_files, load_baselines, missing_baselines
-    from harness.plugin import LOST_NAME, strip_control
+    from harness.plugin import LOST_NAME
     from harness.records import readable_records
     from harness.report import write_reports
     from harness.verdict import Verdict, count_verdicts, gate_failed, judge, not_run_lines, vanished
-    from harness.wording import first_line
+    from harness.wording import first_line, strip_control
 
     records = [printable(record) for record in readable_records(results)] if results.exists() else []
     if lost is None:  # `report` and `merge`: the run's own list of lost cells, where it left one
@@ -201,7 +203,7 @@ def render_and_gate(
 
 def printable(record: Record) -> Record:
     """The record with ANSI escapes and control characters taken out of its texts (for terminal and Markdown)."""
-    from harness.plugin import strip_control
+    from harness.wording import strip_control
 
     texts = ("error_message", "error_type", "judgement", "traceback")
     return record.replace(**{name: strip_control(v) for name in texts if isinstance(v := getattr(record, name), str)})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -37,7 +36,8 @@ from harness.records import (
 )
 from harness.settings import Settings
 from harness.verdict import Verdict
-from harness.wording import first_line
+from harness.wording import first_line, strip_control
+from harness.workdir import check_working_directory
 
 _RUNNER_KEY = pytest.StashKey[CellRunner]()
 _OUT_LOCK_KEY = pytest.StashKey[int]()
@@ -64,6 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
     out = results_path(config.getoption("matrix_out"))
     if not is_worker and _matrix_args(config):
         try:
+            check_working_directory()
             _claim_out_dir(config, out)
         except HarnessError as exc:
             raise pytest.UsageError(str(exc)) from exc
@@ -306,17 +307,6 @@ def _ids_on_disk(results: Path) -> set[str]:
             return {record.id for record in read_records(results)}
         except HarnessError:
             return set()
-
-
-_CONTROL = re.compile(
-    r"\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC (a window title, a hyperlink), with its text
-    r"|\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f-\x9f]"
-)
-
-
-def strip_control(text: str) -> str:
-    """`text` without ANSI escapes and control characters (newlines and tabs stay)."""
-    return _CONTROL.sub("", text)
 
 
 def terminal_text(text: str, *, lines: int = 6, width: int = 300) -> str:

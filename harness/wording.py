@@ -94,6 +94,11 @@ def safe_text(text: str, *, limit: int = MESSAGE_LIMIT) -> str:
     )
 
 
+def strip_control(text: str) -> str:
+    """`text` without terminal escapes and control characters (newlines and tabs stay): for one terminal line."""
+    return _UNSAFE.sub("", _ANSI.sub("", text))
+
+
 def _clean(text: str) -> str:
     text = _ANSI.sub("", text).replace("\r\n", "\n").replace("\r", "\n")  # a progress bar's `\r` starts a line
     return _UNSAFE.sub(_escape, text)

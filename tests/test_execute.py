@@ -136,7 +136,7 @@ class NeedsGradientGraph(torch.optim.SGD):
     is_second_order = True
 
     def step(self, closure=None):
-        loss = closure()
+        loss = closure() if closure is not None else None  # the loop passes none: it backpropagated already
         if any(p.grad.grad_fn is None for g in self.param_groups for p in g["params"]):
             raise RuntimeError("gradients carry no graph")
         with torch.no_grad():

@@ -30,7 +30,8 @@ from harness.vocabulary import GATE_FAILING, VERDICTS
 def jinja() -> jinja2.Environment:
     """The templates in `harness/templates`, autoescaped, failing on any name they lack."""
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("harness", "templates"),
+        # by file location: a `harness/` folder in the working directory must not stand in for this package
+        loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
