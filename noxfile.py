@@ -19,6 +19,15 @@ nox.options.default_venv_backend = "venv"
 LATEST = "2.14.1"
 VISION = "0.29.1"  # the torchvision released with LATEST (timm needs one)
 OPTIMIZER_PACKAGES = ["bitsandbytes>=0.45", "grokadamw>=0.1", "timm>=1.0.15"]
+# The frameworks the adapters' tests build through (tests skip, saying why, where one is absent), and optimizer
+# packages Hugging Face's Trainer names, so its conventions (train/eval, layerwise hooks, LOMO) are exercised.
+FRAMEWORK_PACKAGES = [
+    "transformers>=4.46",
+    "accelerate>=1.0",
+    "schedulefree>=1.2",
+    "galore-torch>=1.0",
+    "lomo-optim>=0.1",
+]
 # The workflows actionlint checks: the project's own and the example a framework copies.
 WORKFLOWS = sorted(str(p) for pattern in (".github/workflows/*.yml", "examples/*.yml") for p in Path().glob(pattern))
 
@@ -48,7 +57,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite, in parallel with pytest-xdist (pass pytest options after --)."""
-    _install(session, "hypothesis>=6.100", "playwright>=1.45", "jsonschema>=4.18")
+    _install(session, "hypothesis>=6.100", "playwright>=1.45", "jsonschema>=4.18", *FRAMEWORK_PACKAGES)
     session.run("pytest", "-n", "auto", "tests", *session.posargs)
 
 
