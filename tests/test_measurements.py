@@ -20,7 +20,14 @@ def lines(name: str) -> list[dict]:
     return [json.loads(line) for line in (RECORDS / name).read_text().splitlines() if line.strip()]
 
 
-FIELDS_ADDED_SINCE = {"environment": "", "scenario": "train", "scenario_numbers": {}}
+FIELDS_ADDED_SINCE = {
+    "environment": "",
+    "scenario": "train",
+    "scenario_numbers": {},
+    "built": None,
+    "measurement_errors": {},
+    "process_changes": [],
+}
 """Record fields newer than the resource file, with the value an old line reads as."""
 
 
