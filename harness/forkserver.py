@@ -2,13 +2,22 @@
 
 The server imports torch and the optimizer packages once, then forks a child in a process group of its
 own. The child runs cells one after another, as long as none changes anything process-wide: after
-each cell it compares what a cell could change (the attributes of torch's modules and classes, the
-default dtype and device, grad and anomaly modes, cwd, environment, `sys.path`, Python threads, child
-processes) with how it was before. When something changed, the child says so with the cell's record
-and exits; the server forks a clean one for the next cell. A cell that dies or is killed takes only
-its child (and its process group) with it. So a cell pays for a fork only after a cell that changed
-the process, not every time (a fork and a first step in a fresh child cost ~0.1 s here, the cell
-itself ~0.03 s).
+each cell it compares what a cell could change with how it was before: the attributes of torch's
+modules, of `torch.nn.Module`, of every optimizer class `torch.optim` exports and of every class in the
+cell's optimizer module (by identity: a cheap fingerprint); the default dtype and device, grad and
+anomaly modes, cwd, environment, `sys.path`, Python threads; `sys.stdin`/`sys.stdout`/`sys.stderr` and
+file descriptors 0-2; signal handlers, blocked signals and interval timers; processes left running.
+When something changed, the child puts what changed in the cell's record (`process_changes`) and
+exits; the server forks a clean one for the next cell. A cell that dies or is killed takes only its
+child (and its process group) with it. So a cell pays for a fork only after a cell that changed the
+process, not every time (a fork and a first step in a fresh child cost ~0.1 s here, the cell itself
+~0.03 s).
+
+Timers are disarmed and signal handlers put back as soon as a cell returns, so nothing it armed goes
+off while its record is sent; the record goes over a descriptor of its own, so a cell that closed
+stdout or fds 1 and 2 still has one. The server and the child are child subreapers (Linux): a process
+a cell started that left its process group and session (`setsid`, a daemon) is reparented to them,
+and killed with the cell's other descendants.
 
 The server ignores SIGTERM and SIGINT (a cell's `kill(getppid())` reaches the server, not pytest);
 it dies with its parent (Linux), and its children die with it.
@@ -22,6 +31,8 @@ import select
 import signal
 import sys
 import threading
+import time
+from types import ModuleType
 from typing import Any
 
 from harness.cells import Cell, Record
@@ -31,11 +42,13 @@ from harness.settings import Settings
 # Imported once when a server starts, so no cell pays for them (bitsandbytes alone takes seconds).
 _WARM_IMPORTS = ("torch", "bitsandbytes.optim", "timm.optim", "grokadamw")
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def serve(reply_fd: int) -> None:
     """Fork a child to take requests from stdin; when it ends, report its exit and fork the next."""
     _die_with_parent()
+    _become_subreaper()  # what a cell's process leaves behind when it dies is reparented here, and killed
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a cell's `kill(getppid())` must not end the server
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from harness.execute import run_cell  # noqa: F401  (imported once here, inherited by every child)
@@ -58,6 +71,7 @@ def serve(reply_fd: int) -> None:
             os.killpg(pid, signal.SIGKILL)  # whatever the child's cells left running
         except (ProcessLookupError, PermissionError):
             pass
+        _kill_descendants()  # and what left that group (a daemon), reparented here when the child ended
         _send(reply_fd, {"exit": os.waitstatus_to_exitcode(status), "pid": pid})
 
 
@@ -80,38 +94,50 @@ def _stdin_open() -> bool:
 
 def _child(reply_fd: int) -> None:
     code = 0
+    notes = 2
     try:
         os.setpgid(0, 0)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         _die_with_parent()
+        _become_subreaper()
+        notes = os.dup(2)  # the runner's stderr, for the harness's own notes, whatever a cell does to fd 2
         requests = os.dup(0)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)  # a cell that reads stdin reads nothing, never the next request
         from harness import exclusive
 
         exclusive.set_phase_listener(lambda phase: _send(reply_fd, {"phase": phase}))
-        before = _process_state()
+        watch = _Watch()
         while (line := _read_request(requests)) is not None:
             _send(reply_fd, {"pid": os.getpid()})
             request = json.loads(line)
-            record, device_broken = _run(Cell.from_dict(request["cell"]), Settings.model_validate(request["settings"]))
-            changed = _changes(before, _process_state()) + _kill_leftovers()
-            if device_broken:  # a CUDA error poisons the context for good: the next cell must not inherit it
+            cell = Cell.from_dict(request["cell"])
+            record, finished = _run(cell, Settings.model_validate(request["settings"]), watch)
+            changed = watch.reset_signals()  # first: nothing the cell armed may go off from here on
+            broken = _device_error(cell.device) if finished else None
+            if broken is not None:  # a CUDA error poisons the context for good: the next cell must not inherit it
+                record = blame(record, broken)
+            changed += watch.changes() + _kill_descendants()
+            if broken is not None:
                 changed.append("its device (an error left behind)")
             if changed:
-                print(f"harness: {record.id} changed {', '.join(changed)}; the next cell gets a fresh process.")
+                record = record.replace(process_changes=changed)
             _send(reply_fd, {"record": json.loads(record.to_json()), "last": bool(changed)})
             if changed:
+                _note(notes, f"harness: {record.id} changed {', '.join(changed)}; the next cell gets a fresh process.")
                 break
     except BaseException:
         import traceback
 
-        traceback.print_exc()
+        _note(notes, traceback.format_exc())
         code = 70
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass  # a cell closed it, or the descriptor under it
         os._exit(code)
 
 
@@ -126,14 +152,14 @@ def _read_request(fd: int) -> bytes | None:
     return data
 
 
-def _run(cell: Cell, settings: Settings) -> tuple[Record, bool]:
+def _run(cell: Cell, settings: Settings, watch: _Watch) -> tuple[Record, bool]:
     """`run_cell`, with anything that escapes it (an optimizer module raising on import) made a record;
-    and whether the cell left its device broken."""
+    and whether `run_cell` returned (only then is its device checked)."""
     from harness.execute import environment, run_cell
 
     try:
-        _import_optimizer_module(cell.optimizer)
-        record = run_cell(cell, settings)
+        watch.add_module(_import_optimizer_module(cell.optimizer))
+        return run_cell(cell, settings), True
     except BaseException as exc:
         import traceback
 
@@ -149,11 +175,9 @@ def _run(cell: Cell, settings: Settings) -> tuple[Record, bool]:
             env=environment(cell.device, None),
         )
         return failed, False
-    broken = _device_error(cell.device)
-    return (blame(record, broken), True) if broken is not None else (record, False)
 
 
-def _import_optimizer_module(name: str) -> None:
+def _import_optimizer_module(name: str) -> ModuleType | None:
     """Import the module an optimizer name lives in; an absent package is left for `run_cell` to skip."""
 
     if name.startswith("timm:"):
@@ -163,80 +187,277 @@ def _import_optimizer_module(name: str) -> None:
     elif "." in name:
         module = name.rsplit(".", 1)[0]
     else:
-        return
+        return None
     try:
         quiet_import(module)  # what it prints goes into the records' env, not onto the terminal
     except ImportError:
-        pass  # run_cell tells a missing package (skipped) from a missing module (construct_error)
+        return None  # run_cell tells a missing package (skipped) from a missing module (construct_error)
+    return sys.modules.get(module)
 
 
 # --- what a cell may change process-wide ----------------------------------------------------------
 
+_MISSING = object()
+_SIGNALS = tuple(sorted(signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}))
+_TIMERS = {name: getattr(signal, name) for name in ("ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF")}
+_STREAMS = ("stdin", "stdout", "stderr")
+_KILL_ROUNDS = 50
+"""Rounds of find-and-kill over a cell's descendants: a fork bomb is not chased for ever."""
+_REAP_S = 5.0
+"""How long the killing and reaping of a cell's descendants may take."""
 
-def _watched() -> dict[str, Any]:
+
+class _Watch:
+    """What a cell could change process-wide, as it was before the first cell of this process.
+
+    Attributes are kept as shallow copies of `vars()` and compared by identity (a patched attribute is a
+    new object), which costs a dict comparison per namespace when nothing changed.
+    """
+
+    def __init__(self) -> None:
+        import torch
+        import torch.nn.functional
+
+        self.watched: dict[str, Any] = {
+            "torch": torch,
+            "torch.optim": torch.optim,
+            "torch.nn": torch.nn,
+            "torch.nn.Module": torch.nn.Module,
+            "torch.nn.functional": torch.nn.functional,
+            "torch.Tensor": torch.Tensor,
+            "torch.autograd": torch.autograd,
+        }
+        optimizers = {
+            f"torch.optim.{name}": value
+            for name, value in vars(torch.optim).items()
+            if isinstance(value, type) and issubclass(value, torch.optim.Optimizer)
+        }
+        self._add(optimizers)
+        self.attributes = {name: dict(vars(obj)) for name, obj in self.watched.items()}
+        self.values = _values()
+        self.streams = [getattr(sys, name) for name in _STREAMS]
+        self.handlers = [signal.getsignal(signum) for signum in _SIGNALS]
+        self.blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+    def add_module(self, module: ModuleType | None) -> None:
+        """Watch a cell's optimizer module and its classes too, from before the cell runs."""
+        if module is None or module.__name__ in self.watched:
+            return
+        added: dict[str, Any] = {module.__name__: module}
+        added.update({f"{module.__name__}.{name}": v for name, v in vars(module).items() if isinstance(v, type)})
+        for name, obj in self._add(added).items():
+            self.attributes[name] = dict(vars(obj))
+
+    def _add(self, namespaces: dict[str, Any]) -> dict[str, Any]:
+        known = {id(obj) for obj in self.watched.values()}
+        new = {}
+        for name, obj in namespaces.items():
+            if id(obj) not in known:
+                known.add(id(obj))
+                new[name] = obj
+        self.watched.update(new)
+        return new
+
+    def reset_signals(self) -> list[str]:
+        """Disarm the interval timers a cell left armed, put back the signal handlers and the mask it
+        changed; what it had changed."""
+        changed = []
+        for name, which in _TIMERS.items():
+            if signal.getitimer(which) != (0.0, 0.0):
+                signal.setitimer(which, 0)
+                changed.append(f"an interval timer ({name})")
+        for signum, handler in zip(_SIGNALS, self.handlers, strict=True):
+            if signal.getsignal(signum) is not handler:
+                if handler is not None:  # None: not set from Python, so it cannot be put back from Python
+                    signal.signal(signum, handler)
+                changed.append(f"the {_signal_name(signum)} handler")
+        if signal.pthread_sigmask(signal.SIG_SETMASK, self.blocked) != self.blocked:
+            changed.append("blocked signals")
+        return changed
+
+    def changes(self) -> list[str]:
+        """What differs now from before; attributes a module gained (one imported lazily) are not changes."""
+        changed = []
+        for name, obj in self.watched.items():
+            changed += _attribute_changes(name, self.attributes[name], obj)
+        for stream, was in zip(_STREAMS, self.streams, strict=True):
+            now = getattr(sys, stream)
+            if now is not was:
+                changed.append(f"sys.{stream} (replaced)")
+            elif getattr(now, "closed", False):
+                changed.append(f"sys.{stream} (closed)")
+        values = _values()
+        changed += [_describe(key, values.get(key)) for key, value in self.values.items() if values.get(key) != value]
+        return changed
+
+
+def _attribute_changes(name: str, was: dict[str, Any], owner: Any) -> list[str]:
+    """The attributes of one module or class that are no longer the same objects; `was` takes in what
+    is not a change (an attribute a module gained, one imported lazily; see `_expected`)."""
+    now = vars(owner)
+    try:
+        if was == now:  # identical values compare equal without calling `__eq__`: the cheap common case
+            return []
+    except Exception:
+        pass  # a replaced value whose `==` raises (a tensor): compared one by one below
+    is_class = isinstance(owner, type)
+    changed = []
+    for attr, value in list(was.items()):
+        new = now.get(attr, _MISSING)
+        if new is value:
+            continue
+        if new is not _MISSING and is_class and _expected(owner, value, new):
+            was[attr] = new
+        else:
+            changed.append(f"{name}.{attr}" + (" (deleted)" if new is _MISSING else ""))
+    for attr in now.keys() - was.keys():
+        new = now[attr]
+        if not is_class or (attr.startswith("__") and attr.endswith("__")) or _expected(owner, _MISSING, new):
+            was[attr] = new
+        else:
+            changed.append(f"{name}.{attr} (added)")  # shadows what the class inherited
+    return changed
+
+
+def _expected(cls: type, old: Any, new: Any) -> bool:
+    """Whether a class attribute changed the way libraries change their own classes on first use:
+    the profiling wrapper `torch.optim.Optimizer` puts around a class's `step` when the class is first
+    instantiated (over `old`, or over the inherited `step`), or a singleton made on first use
+    (bitsandbytes' `GlobalOptimManager._instance`: None, then an instance of the class)."""
+    if getattr(new, "hooked", None) is True:
+        wrapped = getattr(new, "__wrapped__", _MISSING)
+        return wrapped is old or (old is _MISSING and wrapped is not _MISSING)
+    return old is None and isinstance(new, cls)
+
+
+def _values() -> dict[str, Any]:
     import torch
-    import torch.nn.functional
 
     return {
-        "torch": torch,
-        "torch.optim": torch.optim,
-        "torch.optim.Optimizer": torch.optim.Optimizer,
-        "torch.nn": torch.nn,
-        "torch.nn.Module": torch.nn.Module,
-        "torch.nn.functional": torch.nn.functional,
-        "torch.Tensor": torch.Tensor,
-        "torch.autograd": torch.autograd,
+        "default dtype": torch.get_default_dtype(),
+        "default device": str(torch.get_default_device()),
+        "grad mode": torch.is_grad_enabled(),
+        "inference mode": torch.is_inference_mode_enabled(),
+        "anomaly mode": torch.is_anomaly_enabled(),
+        "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cwd": os.getcwd(),
+        "environment": dict(os.environ),
+        "sys.path": list(sys.path),
+        "threads": threading.active_count(),
+        **{f"fd {fd}": _file_identity(fd) for fd in (0, 1, 2)},
     }
 
 
-def _process_state() -> dict[str, Any]:
-    import torch
-
-    state: dict[str, Any] = {
-        f"{name}.{attr}": id(value) for name, obj in _watched().items() for attr, value in vars(obj).items()
-    }
-    state.update(
-        {
-            "default dtype": torch.get_default_dtype(),
-            "default device": str(torch.get_default_device()),
-            "grad mode": torch.is_grad_enabled(),
-            "inference mode": torch.is_inference_mode_enabled(),
-            "anomaly mode": torch.is_anomaly_enabled(),
-            "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
-            "cwd": os.getcwd(),
-            "environment": dict(os.environ),
-            "sys.path": list(sys.path),
-            "threads": threading.active_count(),
-        }
-    )
-    return state
-
-
-def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """What differs; attributes a cell added (a module imported lazily) are not changes."""
-    return [key for key, value in before.items() if after.get(key, value) != value or key not in after]
-
-
-def _kill_leftovers() -> list[str]:
-    """Kill the processes a cell left running (Linux: read from /proc); a note for each kind found."""
+def _file_identity(fd: int) -> tuple[int, int] | None:
     try:
-        tasks = os.listdir(f"/proc/{os.getpid()}/task")
+        info = os.fstat(fd)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _describe(key: str, now: Any) -> str:
+    if key.startswith("fd "):
+        return f"{key} (closed)" if now is None else f"{key} (now another file)"
+    return key
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _kill_descendants() -> list[str]:
+    """Kill and reap every process left running below this one: the cell's children and theirs, and
+    those that left the process group and session (as a subreaper, this process inherits them when
+    their parent exits). A note of how many, if any."""
+    killed: set[int] = set()
+    until = time.monotonic() + _REAP_S
+    for _ in range(_KILL_ROUNDS):
+        found = _descendants(os.getpid())
+        if not found or time.monotonic() > until:
+            break
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        killed.update(found)
+        _reap(found, until)  # a killed grandchild is reaped in a later round, once it is reparented here
+    if not killed:
+        return []
+    return [f"{len(killed)} process{'es' if len(killed) > 1 else ''} left running"]
+
+
+def _reap(pids: list[int], until: float) -> None:
+    """Wait for those of `pids` that are this process's children, but not past `until`: a process stuck
+    in the kernel (a driver call) dies late, and must not stall the runner."""
+    left = set(pids)
+    while left:
+        for pid in list(left):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    left.discard(pid)
+            except ChildProcessError:
+                left.discard(pid)  # not a child (yet)
+        if left:
+            if time.monotonic() > until:
+                return
+            time.sleep(0.001)
+
+
+def _descendants(root: int) -> list[int]:
+    """The pids below `root` (Linux: read from /proc; elsewhere none are found)."""
+    found: list[int] = []
+    queue = [root]
+    while queue:
+        children = _children(queue.pop())
+        found += children
+        queue += children
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return []
     children: list[int] = []
     for task in tasks:
         try:
-            with open(f"/proc/{os.getpid()}/task/{task}/children") as handle:
-                children += [int(pid) for pid in handle.read().split()]
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                children += [int(child) for child in handle.read().split()]
+        except FileNotFoundError:
+            if task == str(pid) and not children:  # a kernel without CONFIG_PROC_CHILDREN
+                return _children_from_stat(pid)
         except OSError:
             continue
-    for pid in children:
+    return children
+
+
+def _children_from_stat(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-    return [f"{len(children)} child processes left running"] if children else []
+            with open(f"/proc/{entry}/stat") as handle:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid:
+            children.append(int(entry))
+    return children
+
+
+def _note(fd: int, text: str) -> None:
+    """A line for the runner's stderr; never raises (a cell may have closed what it writes to)."""
+    try:
+        os.write(fd, (text.rstrip("\n") + "\n").encode(errors="replace"))
+    except OSError:
+        pass
 
 
 # --- the device and the server's start ------------------------------------------------------------
@@ -270,12 +491,22 @@ def _send(fd: int, message: dict[str, Any]) -> None:
 
 def _die_with_parent() -> None:
     """Linux: this process is killed when its parent dies, so no cell outlives its run."""
+    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+
+def _become_subreaper() -> None:
+    """Linux: orphans among this process's descendants (a daemon that called `setsid` and forked) are
+    reparented to it rather than to init, so they can be found and killed."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _prctl(option: int, value: int) -> None:
     if not sys.platform.startswith("linux"):
         return
     import ctypes
 
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
     except (OSError, AttributeError):
         pass
 

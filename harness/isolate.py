@@ -3,8 +3,10 @@
 One server process per pytest worker imports torch and the optimizer packages once and forks the
 processes cells run in (`harness.forkserver`), each in a process group of its own. A segfault, abort,
 `os._exit` or hang costs that process alone; whatever a cell changes process-wide (a monkeypatched
-`torch.optim.AdamW`, the default dtype, grad mode, cwd, environment, a child process it left running)
-is found after the cell, and the next cell gets a freshly forked process.
+`torch.optim.AdamW` or `AdamW.step`, the default dtype, grad mode, cwd, environment, a closed
+`sys.stdout` or fd 1, a signal handler or interval timer, a process it left running, a daemon
+included) is found after the cell and named in its record (`process_changes`), and the next cell
+gets a freshly forked process.
 
 The child speaks on a pipe of its own (never stdout, where an optimizer may print): the phases it
 enters (`train`, `wait` for a lock, `bench`) and then its record. The parent keeps one clock per
