@@ -190,8 +190,9 @@ def _import_optimizer_module(name: str) -> ModuleType | None:
         return None
     try:
         quiet_import(module)  # what it prints goes into the records' env, not onto the terminal
-    except ImportError:
-        return None  # run_cell tells a missing package (skipped) from a missing module (construct_error)
+    except Exception:
+        # run_cell tells a missing package (skipped) from a broken one (import_error) and a missing module
+        return None
     return sys.modules.get(module)
 
 
@@ -511,6 +512,11 @@ def _prctl(option: int, value: int) -> None:
         pass
 
 
+WARM_ENV = "HARNESS_WARM_IMPORTS"
+"""Modules the runner imports once before it forks, beside `_WARM_IMPORTS`: the frameworks and builder modules
+of the cells it has been given (`harness.isolate.CellRunner`), so no cell pays for importing them."""
+
+
 def _warm_up() -> None:
 
     import torch
@@ -518,7 +524,8 @@ def _warm_up() -> None:
     # No OpenMP thread pool in the server: a child forked from a process whose pool ran hangs in its
     # first parallel region (libgomp). Children set their own thread count (train.threads, bench.threads).
     torch.set_num_threads(1)
-    for module in _WARM_IMPORTS:
+    extra = [name for name in os.environ.get(WARM_ENV, "").split(",") if name]
+    for module in (*_WARM_IMPORTS, *extra):
         if module.startswith("bitsandbytes") and torch.cuda.is_available():
             continue  # it initialises CUDA on import, and a forked child cannot use a CUDA its parent set up
         try:

@@ -32,6 +32,7 @@ from typing import Any
 
 from harness.cells import Cell, Record
 from harness.errors import HarnessError
+from harness.forkserver import WARM_ENV
 from harness.forkserver import blame as _blame  # noqa: F401  (kept importable from here)
 from harness.settings import Settings
 
@@ -40,6 +41,20 @@ _STARTUP_TIMEOUT_S = 300
 _WAIT_LIMIT_S = 3600.0
 """A last resort only: a lock wait ends when the holder's own deadline kills it, long before this."""
 _SELECT_CHUNK_S = 60.0
+
+
+def warm_modules(cell: Cell) -> frozenset[str]:
+    """What a cell's builder imports that is worth importing once per runner: a framework adapter's module, or a
+    `package.module:function` builder's module."""
+    from harness.frameworks import get_adapter, is_framework
+
+    if is_framework(cell.builder):
+        try:
+            return frozenset({get_adapter(cell.builder).module})
+        except HarnessError:
+            return frozenset()  # the cell says why when it runs
+    module, colon, _ = cell.builder.partition(":")
+    return frozenset({module}) if colon and module else frozenset()
 
 
 class RunnerError(HarnessError):
@@ -57,6 +72,10 @@ class CellRunner:
         self._reply: int | None = None
         self._buffer = b""
         self._ready = False
+        self._warm: frozenset[str] = frozenset()
+        """Modules the server imports before it forks (a framework, a builder's module): grows with the cells."""
+        self._cold: frozenset[str] = frozenset()
+        """Modules a server could not start with (a module that kills or hangs its importer): imported per cell."""
 
     def __enter__(self) -> CellRunner:
         return self
@@ -78,7 +97,12 @@ class CellRunner:
                 "write plain numbers, strings, booleans, lists and mappings in the matrix file.",
                 env=_parent_env(cell),
             )
-        proc = self._ensure_started()
+        wanted = warm_modules(cell) - self._cold
+        if not wanted <= self._warm:  # a framework this server has not imported: restart it with it, once
+            self._warm |= wanted
+            if self._proc is not None:
+                self._spawn()
+        proc = self._ensure_warm_server()
         stderr_from = self._stderr_size()
         start = time.perf_counter()
         try:
@@ -139,6 +163,18 @@ class CellRunner:
         if self._proc is None or self._proc.poll() is not None:
             self._spawn()
 
+    def _ensure_warm_server(self) -> subprocess.Popen[bytes]:
+        """The running server; one that cannot start with the extra modules starts without them (the cells then
+        meet the module's fault in their own processes)."""
+        try:
+            return self._ensure_started()
+        except RunnerError:
+            if not self._warm:
+                raise
+            self._cold, self._warm = self._cold | self._warm, frozenset()
+            self._spawn()
+            return self._ensure_started()
+
     def _ensure_started(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is None and self._ready:
             return self._proc
@@ -178,7 +214,12 @@ class CellRunner:
                 stderr=self._stderr,
                 pass_fds=(reply_write,),
                 start_new_session=True,  # the terminal's ^C goes to pytest, which then closes the server
-                env={**os.environ, "PYTHONFAULTHANDLER": "1", "PYTORCH_NVML_BASED_CUDA_CHECK": "1"},
+                env={
+                    **os.environ,
+                    "PYTHONFAULTHANDLER": "1",
+                    "PYTORCH_NVML_BASED_CUDA_CHECK": "1",
+                    WARM_ENV: ",".join(sorted(self._warm)),
+                },
             )
         except OSError as exc:
             os.close(reply_read)
