@@ -264,3 +264,15 @@ def test_an_optional_package_the_trainer_asks_for_skips_the_cell(monkeypatch):
     record = run_cell(cell("transformers:schedule_free_adamw", "transformers", learning_rate=0.01), SETTINGS)
     assert (record.status, record.reason) == ("skipped", "missing_dependency")
     assert record.error_message.startswith("transformers: ")
+
+
+def test_a_framework_that_is_installed_but_raises_on_import_is_an_import_error(toy, tmp_path, monkeypatch):
+    from tests.frameworks.toy_adapter import ADAPTER
+
+    (tmp_path / "brokenfw").mkdir()
+    (tmp_path / "brokenfw" / "__init__.py").write_text("raise ImportError('undefined symbol: _ZN5torch3jit')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(ADAPTER, "module", "brokenfw", raising=False)
+    record = run_cell(cell("toyfw:sgd", "toyfw"), SETTINGS)
+    assert (record.status, record.reason) == ("construct_error", "import_error")
+    assert "brokenfw (the framework of builder 'toyfw') is installed but raises" in record.error_message
