@@ -54,6 +54,9 @@ def matrix_schema() -> dict[str, Any]:
         ],
         "description": "direct, signature, safe, or a framework's function written as 'package.module:function'",
     }
+    definitions["Environment"] = {**definitions.pop("_EnvironmentSpec"), "title": "Environment"}
+    properties["environments"]["additionalProperties"]["anyOf"][0] = {"$ref": "#/$defs/Environment"}
+    properties["environments"]["description"] = "named sets of package pins, each built into a cached venv"
     properties["kwargs"]["propertyNames"] = {"pattern": _anchored(VARIANT_NAME.pattern)}
     properties["kwargs"]["description"] = "named variants of keyword arguments, applied on top of each entry's defaults"
     properties["exclude"]["items"]["propertyNames"] = {"enum": list(AXES)}

@@ -64,8 +64,9 @@ class Matrix:
     exclude: tuple[dict[str, Any], ...] = ()
     include: tuple[dict[str, Any], ...] = ()
     settings: Settings = field(default_factory=Settings)
-    environments: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Named sets of package pins (`{torch-2.13: {torch: "2.13.0"}}`); `harness.environments` builds them."""
+    environments: dict[str, dict[str, str | bool]] = field(default_factory=dict)
+    """Named sets of package pins (`{torch-2.13: {torch: "2.13.0"}}`), each maybe with `isolated: true`;
+    `harness.environments` builds them."""
     lines: Mapping[KeyPath, int] = field(default_factory=dict, repr=False, compare=False)
     """The 1-based line of each key or list item, by its path (`("include", 0, "device")`)."""
 
@@ -123,7 +124,7 @@ def matrix_from_data(
         exclude=tuple(dict(entry) for entry in spec.exclude),
         include=tuple(dict(entry) for entry in spec.include),
         settings=Settings(train=spec.train, model=spec.model, bench=spec.bench),
-        environments={name: dict(pins or {}) for name, pins in spec.environments.items()},
+        environments={name: _environment(written) for name, written in spec.environments.items()},
         lines=lines,
     )
     _check_matrix(matrix)
@@ -171,6 +172,23 @@ class _OptimizerSpec(_Section):
         return {} if value is None else value
 
 
+class _EnvironmentSpec(BaseModel):
+    """An environment: package pins (any other key, each a version string) and whether it is isolated."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, str] = Field(init=False)
+    isolated: bool = Field(
+        False, description="a full venv that does not see the current interpreter's packages (slower to build)"
+    )
+
+
+def _environment(written: _EnvironmentSpec | None) -> dict[str, str | bool]:
+    """An environment's pins as written, with `isolated: True` only where it was set."""
+    if written is None:
+        return {}
+    return {**(written.model_extra or {}), **({"isolated": True} if written.isolated else {})}
+
+
 class _MatrixSpec(_Section):
     optimizers: list[_OptimizerSpec] = Field(min_length=1)
     devices: list[Annotated[str, _valid(check_device_entry)]] = Field(default_factory=lambda: ["cpu"], min_length=1)
@@ -185,7 +203,7 @@ class _MatrixSpec(_Section):
     train: TrainSettings = TrainSettings()
     model: ModelSettings = ModelSettings()
     bench: BenchSettings = BenchSettings()
-    environments: dict[str, dict[str, str] | None] = Field(default_factory=dict)
+    environments: dict[str, _EnvironmentSpec | None] = Field(default_factory=dict)
 
     @field_validator("environments", mode="before")
     @classmethod
