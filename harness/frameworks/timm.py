@@ -25,7 +25,7 @@ class TimmAdapter:
     def names(self) -> list[str]:
         from timm.optim import list_optimizers
 
-        return list(list_optimizers())
+        return [name for name in list_optimizers() if isinstance(name, str)]
 
     def accepts(self, optimizer: str) -> bool:
         return optimizer.startswith(PREFIX)
