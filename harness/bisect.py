@@ -292,13 +292,15 @@ def bisect_command(args: argparse.Namespace) -> int:
     cells = select_cells(expand_matrix(matrix), args.keyword)
     if not cells:
         raise BisectInputError(f"-k {args.keyword!r} selects no cell of {args.matrix}; `harness list` shows their ids.")
-    base = find_environment(matrix, args.env).pins if args.env else {}
+    over = find_environment(matrix, args.env) if args.env else None  # its pins, and whether it is isolated
+    base = dict(over.pins) if over is not None else {}
+    isolated = over is not None and over.isolated
     versions = releases_between(args.package, args.old, args.new, available_versions(args.package))
     out = Path(args.out)
     built_count = [0]
 
     def probe(version: str, wanted: Sequence[str]) -> Outcomes:
-        environment = Environment(f"{args.package}-{version}", {**base, args.package: version})
+        environment = Environment(f"{args.package}-{version}", {**base, args.package: version}, isolated=isolated)
         try:
             built = ensure_environment(environment)
         except EnvironmentBuildError as exc:
