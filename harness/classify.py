@@ -64,6 +64,9 @@ RULES: tuple[Rule, ...] = (
         r"|dtypes? (are )?not supported\W+got ({dtype})\b",
         "unsupported_dtype",
     ),
+    # A CPU-only machine with a CUDA build of torch: an optimizer that calls `.cuda()` meets "no NVIDIA driver",
+    # or, in a process forked after bitsandbytes probed CUDA, "Cannot re-initialize CUDA in forked subprocess".
+    Rule((RuntimeError,), r"Cannot re-initialize CUDA in forked subprocess", "unsupported_device"),
     Rule(
         _ANY,
         r"supported devices|not supported on (the )?{device}|\b{device}\b[^.]*\bnot supported"

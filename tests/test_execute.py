@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 
 import pytest
 import torch
@@ -439,3 +440,29 @@ def test_eight_bit_state_is_a_quarter_of_adamw_on_cuda():
     adamw = run("torch.optim.AdamW", {"lr": 3e-3}, device="cuda")
     assert eight_bit.status == adamw.status == "ok", eight_bit.error_message
     assert eight_bit.state_bytes_per_param < adamw.state_bytes_per_param / 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks")
+def test_cuda_in_a_child_forked_after_a_cuda_probe_on_a_cpu_only_machine_is_an_unsupported_device():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    import os
+    import subprocess
+
+    # bitsandbytes probes CUDA while it imports; a forked child then cannot try CUDA at all
+    code = (
+        "import os, torch, bitsandbytes\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    try:\n"
+        "        torch.zeros(1).cuda()\n"
+        "    except RuntimeError as exc:\n"
+        "        print(exc)\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+    )
+    pytest.importorskip("bitsandbytes")
+    said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ)).stdout
+    if "Cannot re-initialize CUDA" not in said:
+        pytest.skip(f"this torch/bitsandbytes says something else in the child: {said.strip()[:80]}")
+    assert classify_error(RuntimeError(said.strip()), device="cpu", dtype="float32") == "unsupported_device"
