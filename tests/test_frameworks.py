@@ -276,3 +276,13 @@ def test_a_framework_that_is_installed_but_raises_on_import_is_an_import_error(t
     record = run_cell(cell("toyfw:sgd", "toyfw"), SETTINGS)
     assert (record.status, record.reason) == ("construct_error", "import_error")
     assert "brokenfw (the framework of builder 'toyfw') is installed but raises" in record.error_message
+
+
+def test_the_report_shows_what_was_built_by_which_framework(toy):
+    from harness.report.payload import payload
+
+    record = run_cell(cell("toyfw:hooked", "toyfw", learning_rate=0.5), SETTINGS)
+    (shown,) = payload([record], {})["cells"]
+    assert shown["built"]["class"] == "tests.frameworks.toy_adapter.Hooked"
+    assert "layerwise updates in gradient hooks" in shown["built"]["conventions"]
+    assert shown["framework"] == "toyfw"  # no version: toyfw is not an installed distribution

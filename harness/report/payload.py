@@ -62,6 +62,10 @@ def payload(records: Sequence[Record], verdict_of: Mapping[str, Verdict]) -> dic
             "dropped": record.dropped_kwargs,
             "absorbed": record.absorbed_kwargs,
             "process_changes": record.process_changes,
+            "built": record.built,
+            "measurement_errors": record.measurement_errors,
+            "framework": record.env.framework
+            and f"{record.env.framework} {record.env.framework_version or ''}".strip(),
             "losses": [round6(x) for x in record.losses],
             "initial_loss": round6(record.initial_loss),
             "final_loss": round6(record.final_loss),
