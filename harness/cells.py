@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.measurements import BenchResult, Environment
-from harness.vocabulary import REASONS, SCENARIOS, STATUSES
+from harness.vocabulary import REASONS, SCENARIOS, STATUSES, Reason, Status
 from harness.wording import MESSAGE_LIMIT, NAME_LIMIT, TRACEBACK_LIMIT, safe_text, unknown
 
 AXES = ("optimizer", "device", "dtype", "kwargs", "builder", "scenario")
@@ -101,10 +101,10 @@ class Record:
     variant: str
     kwargs: dict[str, Any]
     builder: str
-    status: str
+    status: Status
     scenario: str = DEFAULT_SCENARIO
     """A record written before scenarios existed has none: it was a `train` cell."""
-    reason: str | None = None
+    reason: Reason | None = None
     error_type: str | None = None
     error_message: str | None = None
     traceback: str | None = None
@@ -162,7 +162,7 @@ class Record:
             object.__setattr__(self, "process_changes", changes)
 
     @classmethod
-    def for_cell(cls, cell: Cell, status: str, **fields: Any) -> Record:
+    def for_cell(cls, cell: Cell, status: Status, **fields: Any) -> Record:
         axes = cell.to_dict()
         axes.pop("extra", None)
         return cls(**axes, status=status, extra=dict(cell.extra), **fields)

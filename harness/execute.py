@@ -47,7 +47,7 @@ from harness.resolve import (
 from harness.scenarios import Context, Scenario, get_scenario
 from harness.scenarios.base import judge_loss
 from harness.settings import Settings
-from harness.vocabulary import STEPPED
+from harness.vocabulary import STEPPED, Status
 from harness.wording import first_line
 
 __all__ = ["construct", "judge_loss", "measure", "prepare", "run_cell", "train_and_judge"]
@@ -95,7 +95,7 @@ class _Finisher:
     started: float = field(default_factory=time.perf_counter)
     env: Environment | None = None
 
-    def __call__(self, status: str, **fields: Any) -> Record:
+    def __call__(self, status: Status, **fields: Any) -> Record:
         env = self.env or environment(self.cell.device, None)
         return Record.for_cell(self.cell, status, duration_s=time.perf_counter() - self.started, env=env, **fields)
 
