@@ -219,13 +219,23 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from harness.pipeline import read_lost
     from harness.plugin import LOST_NAME
     from harness.records import readable_records, results_path, write_records
+    from harness.shards import missing_shards, read_shard_info
 
     sources = [results_path(source) for source in args.dirs]
-    merged = {record.id: record for source in sources for record in readable_records(source)}
-    lost = {cell: error for source in sources for cell, error in read_lost(source.parent / LOST_NAME).items()}
+    shards = [info for source in sources if (info := read_shard_info(source.parent))]
+    lost = missing_shards(shards)  # a shard of the run that is not here: its cells are `lost`
+    merged: dict[str, Record] = {}
+    for source in sources:
+        if not source.exists() and (info := read_shard_info(source.parent)):  # it stopped before any cell ended
+            lost.update(dict.fromkeys(info.cells, f"shard {info.name} left no results file (see its job's log)."))
+            continue
+        merged.update((record.id, record) for record in readable_records(source))
+    lost.update((cell, error) for source in sources for cell, error in read_lost(source.parent / LOST_NAME).items())
     out = Path(args.out)
     write_records(results_path(out), merged.values())
     print(f"merged {len(merged)} records from {len(args.dirs)} results files into {results_path(out)}")
+    if shards and (absent := sorted(set(range(1, shards[0].count + 1)) - {info.index for info in shards})):
+        print(f"missing shards: {', '.join(f'{i}/{shards[0].count}' for i in absent)} (their cells are lost)")
     tolerance = _tolerance(args.tolerance)
     return render_and_gate(
         results_path(out), out, Path(args.baselines), tolerance, False, lost=lost, strict=args.strict

@@ -42,10 +42,14 @@ def run_matrix(
     from harness.plugin import LOST_NAME, OUT_LOCK_ENV
     from harness.probe import CACHE_ENV
     from harness.records import repair_torn_tail, results_path
+    from harness.shards import shard_info, write_shard_info
 
     cache = out / ".expansion.json"
     cache.unlink(missing_ok=True)
-    matrix_cells(matrix, shard, cache)  # a bad matrix or shard fails here, cleanly, before pytest starts
+    cells = matrix_cells(matrix, None, cache)  # a bad matrix or shard fails here, cleanly, before pytest starts
+    narrowed = bool(keyword or pytest_args)
+    info = shard_info(shard, cells, matrix=str(path), narrowed=narrowed) if shard else None
+    write_shard_info(out, info)  # shard.json: which shard of how many, and every shard's cells (for merge)
     (out / LOST_NAME).unlink(missing_ok=True)
     # here, before pytest starts, so a results file --resume must not append to is one sentence
     if resume and (cut := repair_torn_tail(results_path(out))):
@@ -97,8 +101,11 @@ def run_matrix(
         )
     results = results_path(out)
     if not results.exists() and not lost:
-        print("No cell ran (none selected); nothing to report.")
-        return 0
+        if code != pytest.ExitCode.NO_TESTS_COLLECTED:  # pytest ran no cell it selected (--collect-only)
+            print("No cell ran; nothing to report.")
+            return 0
+        results.touch()  # an empty shard is a shard: merge reads its empty results file (and shard.json)
+        print(f"No cell ran (none selected); wrote an empty {results}.")
     tolerance = matrix.settings.bench.speedup_tolerance
     return render_and_gate(results, out, baselines, tolerance, screenshot, lost=lost, strict=strict)
 
@@ -178,7 +185,10 @@ def render_and_gate(
         )
         for cell_id, error in lost.items()
     ]
-    paths = write_reports(records, verdicts, out, title="Optimizer compatibility matrix")
+    counts = count_verdicts(verdicts)
+    note = missing_baselines(records, baselines) if counts["new"] else None
+    notes = [f"{'strict' if strict else 'note'}: {note}"] if note else []
+    paths = write_reports(records, verdicts, out, title="Optimizer compatibility matrix", notes=notes)
     for name, path in paths.items():
         print(f"wrote {name}: {path}")
     if screenshot:
@@ -190,9 +200,8 @@ def render_and_gate(
     print_lost(lost)
     for line in not_run_lines(verdicts):
         print(f"not run: {line}")
-    counts = count_verdicts(verdicts)
-    if counts["new"] and (note := missing_baselines(records, baselines)):
-        print(f"{'strict' if strict else 'note'}: {note}")
+    for line in notes:
+        print(line)
     summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
     if gate_failed(verdicts):
         print(f"gate: FAILED{' (--strict)' if strict else ''} ({summary})")

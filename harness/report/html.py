@@ -9,6 +9,7 @@ Policy forbids it too).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import jinja2
@@ -82,16 +83,16 @@ def render_html(
 
 
 def write_reports(
-    records: list[Record], verdicts: list[Verdict] | None, out_dir: Path, *, title: str
+    records: list[Record], verdicts: list[Verdict] | None, out_dir: Path, *, title: str, notes: Sequence[str] = ()
 ) -> dict[str, Path]:
-    """Write `report.html` and `summary.md` into out_dir, keyed by those names; failing to write raises.
+    """Write `report.html` and `summary.md` (with `notes` under its verdict) into out_dir; failing to write raises.
 
     Each file is written whole or not at all (`write_atomically`): a failed write leaves the previous one.
     """
     out_dir = Path(out_dir)
     outputs = {
         "report.html": (out_dir / "report.html", render_html(records, verdicts, title=title)),
-        "summary.md": (out_dir / "summary.md", render_summary_md(records, verdicts)),
+        "summary.md": (out_dir / "summary.md", render_summary_md(records, verdicts, notes=notes)),
     }
     for path, text in outputs.values():
         write_atomically(path, text)

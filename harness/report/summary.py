@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 
 from harness.cells import Record
 from harness.measurements import GATE_SPEEDUP_KEYS
@@ -13,8 +14,11 @@ from harness.vocabulary import FAILING_STATUSES, STATUSES
 _MD_ROWS = 60  # rows per Markdown table: a CI job page is read, not searched
 
 
-def render_summary_md(records: list[Record], verdicts: list[Verdict] | None) -> str:
-    """A Markdown summary for a CI job page: counts, gate, changes, speed-ups, failures by reason."""
+def render_summary_md(records: list[Record], verdicts: list[Verdict] | None, *, notes: Sequence[str] = ()) -> str:
+    """A Markdown summary for a CI job page: counts, gate, changes, speed-ups, failures by reason.
+
+    `notes`: sentences the gate printed beside its verdict (a baselines folder with no baseline for this run).
+    """
     lines: list[str] = []
     counts = status_counts(records)
     if verdicts is None:
@@ -26,6 +30,7 @@ def render_summary_md(records: list[Record], verdicts: list[Verdict] | None) -> 
         strict = " under --strict" if any(v.strict for v in verdicts) else ""
         lines.append(f"**Gate: {result}**{strict} ({cells} cells: {by_verdict or 'none judged'}).")
         lines += [f"\n**{md(line)}.**" for line in not_run_lines(verdicts)]
+    lines += [f"\n{md(note)}" for note in notes]
     lines += ["", "| status | cells |", "| --- | ---: |"]
     lines += [f"| {status_symbol(s)} {md(s)} | {n} |" for s, n in counts.items()]
     lines += _changes(verdicts or [])
