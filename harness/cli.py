@@ -128,6 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports/compare.html", help="output HTML file (default: reports/compare.html)")
     p.set_defaults(command=cmd_compare)
 
+    p = sub.add_parser("repro", help="write a standalone script that reproduces one cell (torch and its package only)")
+    p.add_argument("id", help="the cell's id, as results.jsonl and `list` name it")
+    p.add_argument("--results", default=DEFAULT_OUT, help="results.jsonl or its directory (default: reports)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the script to FILE (default: print it)")
+    p.add_argument("--matrix", help="the run's matrix, for its settings when the results folder has no settings.json")
+    p.set_defaults(command=cmd_repro)
+
     p = sub.add_parser("environments", help="list the matrix's named environments, or build them (--build)")
     _shared(p, "matrix")
     p.add_argument("--build", action="store_true", help="build (or find in the cache) every environment listed")
@@ -257,6 +264,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     summary = out.with_suffix(".md")  # the same comparison for a CI job page: compare.html -> compare.md
     _write_text(summary, render_compare_md(runs))
     print(f"wrote {summary}")
+    return 0
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    from harness.repro import write_repro
+
+    out = Path(args.output) if args.output else None
+    command = f"python -m harness repro {args.id} --results {args.results}"
+    script, _ = write_repro(
+        Path(args.results), args.id, out=out, matrix=Path(args.matrix) if args.matrix else None, command=command
+    )
+    if out is None:
+        sys.stdout.write(script)
+    else:
+        print(f"wrote {out}: run it with `python {out}` (torch and the optimizer's package are all it needs)")
     return 0
 
 

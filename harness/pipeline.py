@@ -42,6 +42,7 @@ def run_matrix(
     from harness.plugin import LOST_NAME, OUT_LOCK_ENV
     from harness.probe import CACHE_ENV
     from harness.records import repair_torn_tail, results_path
+    from harness.repro import save_settings
     from harness.shards import shard_info, write_shard_info
 
     cache = out / ".expansion.json"
@@ -50,6 +51,7 @@ def run_matrix(
     narrowed = bool(keyword or pytest_args)
     info = shard_info(shard, cells, matrix=str(path), narrowed=narrowed) if shard else None
     write_shard_info(out, info)  # shard.json: which shard of how many, and every shard's cells (for merge)
+    save_settings(out, matrix.settings)  # settings.json: what `repro` rebuilds a cell's setup from
     (out / LOST_NAME).unlink(missing_ok=True)
     # here, before pytest starts, so a results file --resume must not append to is one sentence
     if resume and (cut := repair_torn_tail(results_path(out))):
@@ -188,7 +190,8 @@ def render_and_gate(
     counts = count_verdicts(verdicts)
     note = missing_baselines(records, baselines) if counts["new"] else None
     notes = [f"{'strict' if strict else 'note'}: {note}"] if note else []
-    paths = write_reports(records, verdicts, out, title="Optimizer compatibility matrix", notes=notes)
+    title = "Optimizer compatibility matrix"
+    paths = write_reports(records, verdicts, out, title=title, notes=notes, results_dir=results.parent)
     for name, path in paths.items():
         print(f"wrote {name}: {path}")
     if screenshot:

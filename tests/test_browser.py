@@ -279,3 +279,45 @@ def test_a_wide_matrix_scrolls_in_its_box_with_the_optimizer_names_and_headers_k
     assert p.locator("#f-count").inner_text() == "1200 of 2400 cells shown"
     assert errors == []
     p.close()
+
+
+@pytest.fixture(scope="module")
+def scenario_report(tmp_path_factory) -> tuple[Path, list[Record]]:
+    """The default matrix's shape: train cells, and scenario cells that share the plain/safe slot."""
+    records = []
+    for optimizer in ("torch.optim.AdamW", "grokadamw.GrokAdamW"):
+        for variant, builder in (("fused", "direct"), ("fused", "safe"), ("plain", "direct")):
+            cell = Cell(optimizer, "cpu", "float32", variant, {"lr": 0.01}, builder)
+            records.append(Record.for_cell(cell, "ok"))
+        for scenario in ("groups", "resume", "amp", "schedule"):
+            cell = Cell(optimizer, "cpu", "float32", "plain", {"lr": 0.01}, "safe", scenario=scenario)
+            broken = optimizer.startswith("grokadamw") and scenario == "resume"
+            judgement = "resumed after 10 of 20 steps, the parameters differ by 0.421" if broken else "held"
+            records.append(Record.for_cell(cell, "mismatch" if broken else "ok", judgement=judgement))
+    path = tmp_path_factory.mktemp("scenarios") / "report.html"
+    path.write_text(render_html(records, None, title="scenarios"))
+    return path, records
+
+
+@pytest.mark.browser
+def test_every_record_is_reachable_from_the_grid_with_every_filter_open(browser, scenario_report):
+    path, records = scenario_report
+    p = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    p.on("pageerror", lambda error: errors.append(str(error)))
+    p.goto(path.as_uri(), wait_until="load")
+
+    assert p.locator("#f-count").inner_text() == f"{len(records)} of {len(records)} cells shown"
+    reachable = p.locator("#matrix td.cell:visible").evaluate_all("cells => cells.map(c => +c.dataset.i)")
+    assert sorted(reachable) == list(range(len(records)))
+    resume = p.locator("#matrix td.cell[title='grokadamw.GrokAdamW-cpu-float32-plain-safe-resume']")
+    assert resume.is_visible() and resume.get_attribute("data-status") == "mismatch"
+    p.select_option("#f-scenario", "resume")
+    assert sorted(visible_statuses(p)) == ["mismatch", "ok"]
+    p.select_option("#f-scenario", "")
+    p.locator("#findings details.finding > summary").click()  # the finding opens; its cells open their details
+    p.locator("#findings button.open").first.click()
+    assert "grokadamw.GrokAdamW-cpu-float32-plain-safe-resume" in p.locator("#detail h2").inner_text()
+    assert "resume" in p.locator("#detail").inner_text()
+    assert errors == []
+    p.close()

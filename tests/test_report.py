@@ -315,9 +315,10 @@ def test_a_first_run_summary_counts_new_cells_instead_of_listing_them(records):
     assert "## Changes against the baseline" not in md
 
 
-def test_write_reports_writes_both_files(tmp_path, records, verdicts):
+def test_write_reports_writes_the_report_the_summary_and_the_findings(tmp_path, records, verdicts):
     paths = write_reports(records, verdicts, tmp_path / "out", title="t")
-    assert paths == {"report.html": tmp_path / "out" / "report.html", "summary.md": tmp_path / "out" / "summary.md"}
+    names = ("report.html", "summary.md", "findings.md")
+    assert paths == {name: tmp_path / "out" / name for name in names}
     assert paths["report.html"].read_text().startswith("<!DOCTYPE html>")
     assert paths["summary.md"].read_text() == render_summary_md(records, verdicts)
 

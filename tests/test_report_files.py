@@ -104,7 +104,8 @@ def test_a_full_disk_leaves_the_previous_report_and_says_so_in_one_line(tmp_path
         "was. Free some space or choose a writable folder."
     ]
     assert {name: (tmp_path / name).read_bytes() for name in previous} == previous
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "results.jsonl", "summary.md"]  # no temp
+    names = ["findings.md", "report.html", "results.jsonl", "summary.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names  # no temp
 
 
 def test_a_failed_first_write_leaves_no_file(tmp_path: Path, monkeypatch) -> None:

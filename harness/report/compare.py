@@ -7,6 +7,7 @@ from typing import Any
 
 from harness.baseline import device_kind
 from harness.cells import Record
+from harness.findings import findings_across
 from harness.report.formatting import ordered, short, status_counts
 from harness.report.html import jinja
 from harness.report.releases import STATE_SYMBOLS, difference_rank, release_rows
@@ -52,6 +53,7 @@ def render_compare_html(runs: list[tuple[str, list[Record]]], *, title: str) -> 
             same=same,
             short=short,
             releases=release_rows(runs),
+            findings=findings_across(runs),
             names=[name for name, _ in runs],
             symbols=STATE_SYMBOLS,
         )

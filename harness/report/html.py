@@ -15,6 +15,7 @@ from pathlib import Path
 import jinja2
 
 from harness.cells import Record
+from harness.findings import FINDINGS_NAME, finding_groups, render_findings_md
 from harness.measurements import GATE_SPEEDUP_KEYS
 from harness.report.benchviews import CHART_KEYS, speedup_groups
 from harness.report.environments import environments
@@ -43,9 +44,17 @@ def jinja() -> jinja2.Environment:
 
 
 def render_html(
-    records: list[Record], verdicts: list[Verdict] | None, *, title: str, generated_at: str | None = None
+    records: list[Record],
+    verdicts: list[Verdict] | None,
+    *,
+    title: str,
+    generated_at: str | None = None,
+    results_dir: str | Path | None = None,
 ) -> str:
-    """One self-contained HTML report of these records (and their verdicts, when a baseline was given)."""
+    """One self-contained HTML report of these records (and their verdicts, when a baseline was given).
+
+    `results_dir` is where the records' results file lies, for the Findings section's `repro` commands.
+    """
     verdict_of = {v.id: v for v in verdicts or []}
     index_of = {record.id: i for i, record in enumerate(records)}
     listed = [v for v in sort_verdicts(verdicts or []) if v.verdict != "as_expected"]
@@ -75,6 +84,7 @@ def render_html(
             speedup_keys=GATE_SPEEDUP_KEYS,
             chart_keys=CHART_KEYS,
             environments=environments(records),
+            findings=finding_groups(records, results_dir),
             filters=filters(records),
             statuses=list(status_counts(records)),
             payload=script_json(payload(records, verdict_of)),
@@ -83,16 +93,26 @@ def render_html(
 
 
 def write_reports(
-    records: list[Record], verdicts: list[Verdict] | None, out_dir: Path, *, title: str, notes: Sequence[str] = ()
+    records: list[Record],
+    verdicts: list[Verdict] | None,
+    out_dir: Path,
+    *,
+    title: str,
+    notes: Sequence[str] = (),
+    results_dir: Path | None = None,
 ) -> dict[str, Path]:
-    """Write `report.html` and `summary.md` (with `notes` under its verdict) into out_dir; failing to write raises.
+    """Write `report.html`, `summary.md` (with `notes` under its verdict) and `findings.md` into out_dir, keyed by
+    those names; failing to write raises.
 
     Each file is written whole or not at all (`write_atomically`): a failed write leaves the previous one.
+    `results_dir` holds the records' results file (default: out_dir), for the findings' `repro` commands.
     """
     out_dir = Path(out_dir)
+    results_dir = out_dir if results_dir is None else results_dir
     outputs = {
-        "report.html": (out_dir / "report.html", render_html(records, verdicts, title=title)),
+        "report.html": (out_dir / "report.html", render_html(records, verdicts, title=title, results_dir=results_dir)),
         "summary.md": (out_dir / "summary.md", render_summary_md(records, verdicts, notes=notes)),
+        FINDINGS_NAME: (out_dir / FINDINGS_NAME, render_findings_md(records, results_dir)),
     }
     for path, text in outputs.values():
         write_atomically(path, text)

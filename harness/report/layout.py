@@ -9,7 +9,7 @@ from typing import Any
 from harness.baseline import device_kind
 from harness.cells import Record
 from harness.report.formatting import rank
-from harness.vocabulary import BUILDERS
+from harness.vocabulary import BUILDERS, SCENARIOS
 
 # Known values first in this order, then any other value alphabetically: a report reads the same every run.
 FAMILY_ORDER = ("torch", "bitsandbytes", "grokadamw", "timm")
@@ -18,8 +18,12 @@ AXIS_ORDER: dict[str, tuple[str, ...]] = {
     "dtype": ("float32",),
     "variant": ("plain", "fused", "foreach", "fused_false"),
     "builder": BUILDERS,
+    "scenario": SCENARIOS,
 }
 MATRIX_COLUMN_AXES = ("device", "dtype", "variant", "builder")
+SCENARIO_AXIS = "scenario"
+"""The last column level, where the records hold more than one scenario: scenario cells that share a device x dtype x
+variant x builder slot each get a column of their own."""
 
 
 def axis_sort_key(axis: str, value: str) -> tuple[int, str]:
@@ -46,6 +50,7 @@ class Column:
     dtype: str
     variant: str
     builder: str
+    scenario: str = "train"
 
 
 @dataclass(frozen=True)
@@ -59,9 +64,16 @@ class HeaderGroup:
         return self.last - self.first + 1
 
 
+def matrix_axes(records: Sequence[Record]) -> tuple[str, ...]:
+    """The column levels: device x dtype x variant x builder, and the scenario when there is more than one."""
+    several = len({record.scenario for record in records}) > 1
+    return (*MATRIX_COLUMN_AXES, SCENARIO_AXIS) if several else MATRIX_COLUMN_AXES
+
+
 def matrix(records: Sequence[Record]) -> dict[str, Any]:
-    """Rows (optimizers, by `row_sort_key`) by columns (device x dtype x variant x builder, by `axis_sort_key`)."""
-    axes = MATRIX_COLUMN_AXES
+    """Rows (optimizers, by `row_sort_key`) by columns (device x dtype x variant x builder [x scenario], by
+    `axis_sort_key`): every record has a cell of its own (a repeated id: the last wins)."""
+    axes = matrix_axes(records)
     keys = sorted(
         {tuple(getattr(r, axis) for axis in axes) for r in records},
         key=lambda key: tuple(axis_sort_key(axis, v) for axis, v in zip(axes, key, strict=True)),
@@ -90,10 +102,12 @@ def matrix(records: Sequence[Record]) -> dict[str, Any]:
 
 
 def filters(records: Sequence[Record]) -> dict[str, list[str]]:
-    """The values each filter of the matrix offers."""
+    """The values each filter of the matrix offers (the scenario's where there is more than one)."""
+    axes = matrix_axes(records)
     return {
         "device": sorted_axis("device", (r.device for r in records)),
         "dtype": sorted_axis("dtype", (r.dtype for r in records)),
         "family": sorted({r.family for r in records}),
         "builder": sorted_axis("builder", (r.builder for r in records)),
+        **({"scenario": sorted_axis("scenario", (r.scenario for r in records))} if SCENARIO_AXIS in axes else {}),
     }

@@ -52,6 +52,7 @@ def payload(records: Sequence[Record], verdict_of: Mapping[str, Verdict]) -> dic
             "dtype": record.dtype,
             "variant": record.variant,
             "builder": record.builder,
+            "scenario": record.scenario,
             "family": record.family,
             "status": record.status,
             "reason": record.reason,

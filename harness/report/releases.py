@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from harness.cells import Record
+from harness.findings import render_findings_across_md
 
 State = Literal["ok", "partly", "fails", "missing", "none"]
 """One optimizer and variant in one run: every cell ok, some, none; its package missing; nothing ran."""
@@ -171,4 +172,11 @@ def render_compare_md(runs: Sequence[Run], *, limit: int = 60) -> str:
         if len(differing) > limit:
             lines.append(f"\n… and {len(differing) - limit} more: see compare.html.")
         lines.append("")
-    return "\n".join(lines).rstrip("\n") + "\n\n" + render_releases_md(release_rows(runs), names, limit=limit)
+    findings = render_findings_across_md(runs, limit=limit)
+    return (
+        "\n".join(lines).rstrip("\n")
+        + "\n\n"
+        + findings
+        + "\n"
+        + render_releases_md(release_rows(runs), names, limit=limit)
+    )
