@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -62,7 +62,7 @@ def _lomo_step(learning_rate: float) -> Any:
     def fused_backward(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         """What the Trainer (through accelerate's `lomo_backward`) does with a LOMO optimizer: the update happens
         inside the backward pass."""
-        optimizer.fused_backward(loss, learning_rate)  # type: ignore[attr-defined]
+        cast(Any, optimizer).fused_backward(loss, learning_rate)
 
     return fused_backward
 

@@ -107,7 +107,7 @@ def take_steps(
     create_graph = bool(getattr(optimizer, "is_second_order", False))
     forward = autocast or contextlib.nullcontext
     if conventions.train_eval:
-        optimizer.train()  # type: ignore[attr-defined]
+        cast(Any, optimizer).train()  # schedule-free optimizers: torch's Optimizer has no train()
     for index in range(steps):
         evaluations = 0
 
@@ -142,7 +142,7 @@ def take_steps(
         if not math.isfinite(losses[-1]):
             break  # judged `nonfinite` already; more steps on NaN only cost time (LBFGS: seconds)
     if conventions.train_eval:
-        optimizer.eval()  # type: ignore[attr-defined]  # evaluation and checkpoints see the averaged weights
+        cast(Any, optimizer).eval()  # evaluation and checkpoints see the averaged weights
     return final_loss(model, inputs, targets, autocast=autocast)
 
 
