@@ -413,7 +413,7 @@ def render_findings_md(records: Sequence[Record], results_dir: str | Path | None
         for finding in (f for f in findings if (f.package, f.version) == (package, version)):
             number += 1
             lines += ["", f"### {number}. {_md_text(finding.title)}", ""]
-            lines += [f"- {_md_code_or_text(line)}" for line in evidence(finding)]
+            lines += [f"- {_md_text(line)}" for line in evidence(finding)]
             cells = [f"`{r.id}`" for r in finding.records]
             lines.append(f"- cells ({len(cells)}): " + ", ".join(cells[:12]) + (" …" if len(cells) > 12 else ""))
             lines.append(f"- reproduce: `{finding.repro_command(results_dir)}`")
@@ -437,10 +437,6 @@ def _cells(count: int) -> str:
 def _md_text(text: str) -> str:
     """Prose safe in Markdown: no HTML."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _md_code_or_text(line: str) -> str:
-    return _md_text(line)
 
 
 def _longest_run(text: str, char: str) -> int:
