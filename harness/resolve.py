@@ -33,21 +33,21 @@ _PIP_NAMES = {"sklearn": "scikit-learn", "PIL": "pillow"}
 """Import names whose pip name differs; any other top-level import name is its own pip name."""
 
 
-class MissingDependency(HarnessError, ImportError):
+class PackageImportError(HarnessError, ImportError):
+    """A package an optimizer, a builder or a framework needs could not be imported; `package` is its pip name."""
+
+    def __init__(self, message: str, *, package: str):
+        super().__init__(message)
+        self.package = package
+
+
+class MissingDependency(PackageImportError):
     """The package an optimizer (or a builder) comes from is not installed: the cell is skipped."""
 
-    def __init__(self, message: str, *, package: str):
-        super().__init__(message)
-        self.package = package
 
-
-class BrokenImport(HarnessError, ImportError):
+class BrokenImport(PackageImportError):
     """The package is installed but raises while importing (an `undefined symbol` after a torch upgrade, a
     dependency it needs that is gone): the cell fails with reason `import_error`, never `skipped`."""
-
-    def __init__(self, message: str, *, package: str):
-        super().__init__(message)
-        self.package = package
 
 
 def is_installed(import_name: str) -> bool:
@@ -157,7 +157,7 @@ def expand_optimizer(name: str) -> list[str]:
         return [_torch_short_name(name)]
     try:
         resolve_optimizer(name)
-    except (MissingDependency, BrokenImport):
+    except PackageImportError:
         pass  # its cells record it at run time: `skipped` when absent, `import_error` when broken
     return [name]
 
@@ -203,7 +203,7 @@ def _torch_short_name(name: str) -> str:
 def _expand_module(name: str, module_name: str, pattern: str) -> list[str]:
     try:
         module = _import(module_name)
-    except (MissingDependency, BrokenImport):
+    except PackageImportError:
         return [name]
     classes = _optimizer_classes(module)
     matched = [c for c in classes if fnmatch.fnmatchcase(c, pattern)]
@@ -220,7 +220,7 @@ def _expand_framework(name: str, prefix: str, pattern: str) -> list[str]:
     adapter = get_adapter(prefix)
     try:
         import_module(adapter.module)
-    except (MissingDependency, BrokenImport):
+    except PackageImportError:
         return [name]  # its cells are skipped (absent) or fail with import_error (broken) when they run
     available = adapter.names()
     matched = [n for n in available if fnmatch.fnmatchcase(n, pattern)]
@@ -232,7 +232,7 @@ def _expand_framework(name: str, prefix: str, pattern: str) -> list[str]:
 def _expand_timm(name: str, pattern: str) -> list[str]:
     try:
         timm_optim = _import("timm.optim")
-    except (MissingDependency, BrokenImport):
+    except PackageImportError:
         return [name]
     names: list[str] = timm_optim.list_optimizers(pattern)
     if _has_wildcard(pattern):

@@ -23,6 +23,7 @@ Verdicts, most severe first (`harness.vocabulary.VERDICTS`):
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -177,10 +178,7 @@ def _family_pattern(optimizer: str) -> str | None:
 
 def not_run_lines(verdicts: Iterable[Verdict]) -> list[str]:
     """One line per cause: `3 cells that ran in the baseline did not run: bitsandbytes is not installed`."""
-    causes: dict[str, int] = {}
-    for v in verdicts:
-        if v.verdict == "not_run":
-            causes[v.cause or "skipped"] = causes.get(v.cause or "skipped", 0) + 1
+    causes = Counter(v.cause or "skipped" for v in verdicts if v.verdict == "not_run")
     return [
         f"{n} {'cells' if n != 1 else 'cell'} that ran in the baseline did not run: {cause}"
         for cause, n in sorted(causes.items(), key=lambda item: (-item[1], item[0]))
