@@ -68,6 +68,10 @@ EXPECTED: dict[str, str] = {
     "finite",
     "schedule": "a step whose lr is 0 leaves every parameter bit-identical, and each step uses the schedule's lr",
     "compile": "`step()` runs under `torch.compile` as it does eagerly, and the loss stays finite",
+    "frozen": "a parameter whose grad is None (`requires_grad=False`) stays bit-identical through every step, weight "
+    "decay included, while the others learn",
+    "unfreeze": "after `add_param_group` the existing group's parameters follow exactly the run where nothing was "
+    "added, the new group steps, and a `state_dict()` / `load_state_dict()` round trip continues the same",
 }
 """What a correct optimizer does in each scenario, in a bug report's words."""
 
@@ -84,6 +88,11 @@ WHAT_RAN: dict[str, str] = {
     "schedule": "steps LitGPT's LR schedule every step (a linear warm-up from lr 0 with `LambdaLR`, then cosine to "
     "0 with `CosineAnnealingLR`, joined by `SequentialLR`) over {steps} steps",
     "compile": "trains {steps} steps with `optimizer.step()` inside `torch.compile`",
+    "frozen": "freezes every block's attention and first LayerNorm and the position embedding (`requires_grad=False`), "
+    "builds it over all the parameters in one group with weight_decay 0.1, and trains {steps} steps",
+    "unfreeze": "trains {half} steps, then unfreezes a head on the model's detached features and adds it with "
+    "`add_param_group`, trains the remaining steps, and compares with a run where nothing was added over {steps} "
+    "steps; half-way from the add it also round-trips `state_dict()` into a fresh optimizer with the same groups",
 }
 """What each scenario does around the optimizer, in a bug report's words."""
 

@@ -615,9 +615,10 @@ def repro_script(record: Record, settings: Settings, *, command: str = "") -> st
         construct = "optimizer, conventions = make_framework_optimizer(model)"
     else:
         construct = "optimizer, conventions = make_optimizer(scenario_params(model)), None"
-    scenario_params = (
-        "param_groups(model)" if record.scenario == "groups" else "model.parameters()"
-    )  # each scenario's `Scenario.params`
+    from harness.scenarios import get_scenario  # torch: only when a script is written
+
+    given = get_scenario(record.scenario).params  # the scenario's own function (copied above), or the default
+    scenario_params = "model.parameters()" if given.__name__ == "<lambda>" else f"{given.__name__}(model)"
     if record.reason == "import_error":
         guarded = "\n".join(f"    {line}" for line in package_lines) or "    pass"
         package_block = f"try:\n{guarded}\nexcept Exception as exc:  # installed, but raises while importing\n" \

@@ -45,7 +45,7 @@ Verdict = Literal["lost", "regression", "not_run", "fixed", "changed", "slower",
 `not_run`: it ran in the baseline and did not run now (its package is gone); `no_device`: skipped for what this
 machine lacks (its device), while the baseline holds another machine's outcome."""
 
-Scenario = Literal["train", "groups", "resume", "amp", "schedule", "compile"]
+Scenario = Literal["train", "groups", "resume", "amp", "schedule", "compile", "frozen", "unfreeze"]
 """What a framework does around the optimizer (the `scenarios` axis); `train` is the plain loop, the default."""
 
 Builder = Literal["direct", "signature", "safe"]

@@ -5,7 +5,10 @@
 - `resume`: state_dict -> torch.save -> torch.load(weights_only=True) -> a fresh optimizer -> the same result;
 - `amp`: autocast (+ GradScaler) with an inf-gradient step that must change nothing;
 - `schedule`: warm-up + cosine through lr 0: the lr-0 steps change nothing, the lr follows the schedule;
-- `compile`: the step under `torch.compile`, its compile time recorded apart.
+- `compile`: the step under `torch.compile`, its compile time recorded apart;
+- `frozen`: parameters with `requires_grad=False` (grad None) inside the groups stay bit-identical, weight decay too;
+- `unfreeze`: `add_param_group` mid-run leaves the existing group's trajectory unchanged, steps the new group,
+  and survives a state_dict round trip.
 
 A scenario is imported only when a cell runs it, so listing cells never imports torch's compiler.
 """

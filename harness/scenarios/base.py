@@ -12,7 +12,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -26,6 +26,12 @@ Params = Any
 """What a builder gets as `params`: an iterable of tensors, or of param-group dicts."""
 
 StepHook = Callable[[int], None]
+
+
+class Trainable(Protocol):
+    """What the loop trains: the GPT, or a module around it (`unfreeze`: the GPT and a head), by its loss."""
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ class Scenario:
 
 
 def take_steps(
-    model: GPT,
+    model: Trainable,
     optimizer: torch.optim.Optimizer,
     inputs: torch.Tensor,
     targets: torch.Tensor,
@@ -147,7 +153,7 @@ def take_steps(
 
 
 def final_loss(
-    model: GPT,
+    model: Trainable,
     inputs: torch.Tensor,
     targets: torch.Tensor,
     *,
@@ -199,7 +205,7 @@ def conclude(
     ctx: Context,
     losses: Sequence[float],
     last_loss: float,
-    model: GPT,
+    model: torch.nn.Module,
     broken: Sequence[str],
     held: str,
     numbers: dict[str, Any],
