@@ -1,8 +1,8 @@
 """Optimizers that learn in a plain loop but break what a framework does around them: one per scenario.
 
 Each is momentum SGD done right except for one thing, so `train` judges it `ok` and only its scenario
-can tell: `IgnoresGroupLr` (groups), `MomentsOutsideState` (resume), `IgnoresFoundInf` (amp),
-`CachesLr` (schedule).
+can tell: `IgnoresGroupLr` (groups), `MomentsOutsideState` (resume; `unfreeze`'s state_dict round trip too),
+`IgnoresFoundInf` (amp), `CachesLr` (schedule), `DecaysWithoutGrad` (frozen), `ForgetsOnAddGroup` (unfreeze).
 """
 
 from __future__ import annotations
@@ -33,16 +33,22 @@ class MomentumSGD(torch.optim.Optimizer):
                 loss = closure()
         for index, group in enumerate(self.param_groups):
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
-                state = self.buffers(p)
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = grad.clone()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
-                p.add_(state["momentum_buffer"], alpha=-self.lr_of(index, group))
+                self.update(p, index, group)
         return loss
+
+    def update(self, p: torch.Tensor, index: int, group: dict[str, Any]) -> None:
+        """One parameter's step: none without a gradient; weight decay coupled into the gradient."""
+        if p.grad is None:
+            return
+        self.descend(p, p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad, index, group)
+
+    def descend(self, p: torch.Tensor, grad: torch.Tensor, index: int, group: dict[str, Any]) -> None:
+        state = self.buffers(p)
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = grad.clone()
+        else:
+            state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+        p.add_(state["momentum_buffer"], alpha=-self.lr_of(index, group))
 
 
 class IgnoresGroupLr(MomentumSGD):
@@ -53,11 +59,13 @@ class IgnoresGroupLr(MomentumSGD):
 
 
 class CachesLr(MomentumSGD):
-    """Reads each group's lr once, at construction: a scheduler's changes never reach the step."""
+    """Reads each group's lr once, when the group is added: a scheduler's changes never reach the step."""
 
-    def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0):
-        super().__init__(params, lr, momentum, weight_decay)
-        self.cached_lrs = [group["lr"] for group in self.param_groups]
+    cached_lrs: list[float]
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self.__dict__.setdefault("cached_lrs", []).append(self.param_groups[-1]["lr"])
 
     def lr_of(self, index: int, group: dict[str, Any]) -> float:
         return self.cached_lrs[index]
@@ -92,3 +100,21 @@ class IgnoresFoundInf(MomentumSGD):
                     if p.grad is not None:
                         p.grad.div_(grad_scale.to(p.grad.dtype))
         return super().step(closure)
+
+
+class DecaysWithoutGrad(MomentumSGD):
+    """Decays every parameter (decoupled, AdamW's way) before it looks for a gradient: a frozen one decays too."""
+
+    def update(self, p: torch.Tensor, index: int, group: dict[str, Any]) -> None:
+        p.mul_(1 - self.lr_of(index, group) * group["weight_decay"])
+        if p.grad is not None:
+            self.descend(p, p.grad, index, group)
+
+
+class ForgetsOnAddGroup(MomentumSGD):
+    """Starts its state afresh whenever a group is added, as an optimizer that keeps one flat buffer over all its
+    parameters and re-creates it: the momentum the existing groups gathered is lost."""
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self.state.clear()
